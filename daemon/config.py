@@ -1,0 +1,263 @@
+"""The whole configuration file: sections owned by each package, composed here.
+
+Loading is the only place that reads YAML/JSON and the environment; everything below receives a
+validated, root-resolved :class:`TrainerConfig`. Errors name the file and the key path, e.g.
+``trainer.yaml: job.max_steps: must be > 0 (got -5)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gating.config import GateConfig
+from safety.config import PromotionConfig, SafetyConfig
+from trainer_core.config import FeaturesConfig, IngestConfig, JobConfig, LoraConfig, PolicyConfig
+
+ROOT_ENV = "CONTINUON_TRAINER_ROOT"
+DEFAULT_CONFIG = "default.yaml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PathsConfig(_Section):
+    """Where things live; relative paths resolve against ``root``."""
+
+    episodes: Path = Path("rlds/episodes")
+    model: Path = Path("model")
+    state: Path = Path("state")
+    manifest: Path = Path("model/manifest.json")
+
+
+class ServiceConfig(_Section):
+    """The service loop's trigger policy and cadence (DESIGN §9)."""
+
+    min_new_episodes: int = Field(4, ge=1)
+    min_total_episodes: int = Field(8, ge=1)
+    cooldown_s: float = Field(600.0, ge=0)
+    backoff_initial_s: float = Field(60.0, gt=0)
+    backoff_max_s: float = Field(3600.0, gt=0)
+    max_jobs_per_day: int | None = Field(None, ge=1)
+    rescan_interval_s: float = Field(300.0, gt=0)
+    watch: str = Field("inotify", pattern="^(inotify|poll)$")
+    poll_interval_s: float = Field(1.0, gt=0, description="gate poll while idle/armed")
+    job_poll_interval_s: float = Field(0.25, gt=0, le=0.25, description="gate poll during a job")
+    keep_releases: int = Field(5, ge=2)
+    keep_runs: int = Field(10, ge=1)
+
+
+class LoggingConfig(_Section):
+    level: str = Field("info", pattern="^(debug|info|warning|error)$")
+    format: str = Field("auto", pattern="^(auto|console|json)$")
+
+
+class TrainerConfig(_Section):
+    """The whole ``trainer.yaml``."""
+
+    root: Path = Path(".")
+    paths: PathsConfig = Field(default_factory=PathsConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    job: JobConfig = Field(default_factory=JobConfig)
+    safety: SafetyConfig = Field(default_factory=SafetyConfig)
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    service: ServiceConfig = Field(default_factory=ServiceConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.paths.state
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.paths.state / "runs"
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.paths.model / "adapters"
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.paths.state / "ledger.sqlite3"
+
+    @property
+    def status_path(self) -> Path:
+        return self.paths.state / "status.json"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names file and key path."""
+
+
+# Legacy continuonos job-config keys (FORMATS §2) -> dotted path in the new schema, or None when
+# the key no longer means anything (a warning says so).
+LEGACY_KEYS: dict[str, str | None] = {
+    "rlds_dir": "paths.episodes",
+    "min_episodes": "service.min_total_episodes",
+    "max_episodes": "job.max_episodes",
+    "max_steps": "job.max_steps",
+    "max_wall_time_s": "job.max_wall_time_s",
+    "batch_size": "job.batch_size",
+    "lora_layers": "lora.target_modules",
+    "learning_rate": "job.learning_rate",
+    "weight_decay": "job.weight_decay",
+    "base_model_path": "policy.base_path",
+    "log_every_steps": "job.log_every_steps",
+    "adapters_out_dir": None,
+    "adapter_filename": None,
+    "log_dir": None,
+    "shuffle_buffer_multiplier": None,
+}
+LEGACY_WHY = {
+    "adapters_out_dir": "candidates are staged under state/runs and promoted into model/adapters",
+    "adapter_filename": "adapters are saved as adapter_model.safetensors (peft), never .pt",
+    "log_dir": "logs go to the journal (journalctl -u continuon-trainer)",
+    "shuffle_buffer_multiplier": "episodes are shuffled in memory with a seeded permutation",
+}
+
+
+def is_legacy(raw: dict[str, Any]) -> bool:
+    """A legacy continuonos job config is flat and carries its telltale keys."""
+    return "rlds_dir" in raw or "adapters_out_dir" in raw or "lora_layers" in raw
+
+
+def map_legacy(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Map a legacy flat JSON job config onto the nested schema; return it and the warnings."""
+    out: dict[str, Any] = {}
+    warnings: list[str] = []
+    for key, value in raw.items():
+        if key not in LEGACY_KEYS:
+            warnings.append(f"{key}: unknown legacy key, ignored")
+            continue
+        target = LEGACY_KEYS[key]
+        if target is None:
+            warnings.append(f"{key}: no longer used ({LEGACY_WHY[key]})")
+            continue
+        section, name = target.split(".")
+        out.setdefault(section, {})[name] = value
+    episodes = Path(str(raw.get("rlds_dir", "")))
+    if episodes.parts[-2:] == ("rlds", "episodes"):
+        # continuonos keeps everything under one brain folder: make it the root, so the model
+        # and state folders land beside the episodes as on a real install.
+        out["root"] = str(episodes.parent.parent)
+    return out, warnings
+
+
+def _describe(err: dict[str, Any]) -> str:
+    ctx = err.get("ctx") or {}
+    got = err.get("input")
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required"
+    for bound, sign in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
+        if bound in ctx:
+            return f"must be {sign} {ctx[bound]} (got {got!r})"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{msg} (got {got!r})" if not isinstance(got, dict | list) else msg
+
+
+def format_errors(source: str, exc: ValidationError) -> str:
+    """One line per error: ``file: dotted.key.path: what is wrong (got value)``."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"{source}: {loc}: {_describe(err)}")
+    return "\n".join(lines)
+
+
+def read_raw(path: Path) -> tuple[dict[str, Any], list[str]]:
+    """Parse a YAML or JSON config file into a dict (legacy JSON mapped); return warnings too."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    try:
+        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(
+            f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}"
+        ) from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping (got {type(raw).__name__})")
+    if is_legacy(raw):
+        mapped, warnings = map_legacy(raw)
+        return mapped, [f"{path.name}: legacy continuonos job config: {w}" for w in warnings]
+    return raw, []
+
+
+def default_config_text() -> str:
+    """The embedded default config shipped inside the package (configs/default.yaml)."""
+    return resources.files("daemon").joinpath(DEFAULT_CONFIG).read_text(encoding="utf-8")
+
+
+def resolve_paths(model: BaseModel, root: Path) -> BaseModel:
+    """Return a copy of ``model`` with every relative ``Path`` field made absolute under root."""
+    updates: dict[str, Any] = {}
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, Path) and name != "root":
+            updates[name] = value if value.is_absolute() else root / value
+        elif isinstance(value, BaseModel):
+            updates[name] = resolve_paths(value, root)
+    return model.model_copy(update=updates)
+
+
+def choose_root(cli_root: str | None, file_root: Path, config_path: Path | None) -> Path:
+    """``--root`` beats ``$CONTINUON_TRAINER_ROOT`` beats the file's ``root`` (relative to the
+    file's folder)."""
+    if cli_root:
+        return Path(cli_root).expanduser().resolve()
+    env = os.environ.get(ROOT_ENV)
+    if env:
+        return Path(env).expanduser().resolve()
+    if file_root.is_absolute():
+        return file_root
+    base = config_path.parent if config_path else Path.cwd()
+    return (base / file_root).resolve()
+
+
+def load_config(path: Path | None, root: str | None = None) -> tuple[TrainerConfig, list[str]]:
+    """Load, validate and root-resolve a config; ``path=None`` means the embedded default.
+
+    Returns the config and human-readable warnings (legacy keys). Raises :class:`ConfigError`.
+    """
+    if path is None:
+        raw, warnings, source = yaml.safe_load(default_config_text()) or {}, [], DEFAULT_CONFIG
+    else:
+        raw, warnings = read_raw(path)
+        source = path.name
+    try:
+        cfg = TrainerConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_errors(source, exc)) from None
+    resolved_root = choose_root(root, cfg.root, path)
+    cfg = resolve_paths(cfg.model_copy(update={"root": resolved_root}), resolved_root)
+    return cfg, warnings  # type: ignore[return-value]
+
+
+def config_check_command(args: Any) -> int:
+    """``continuon-trainer config check FILE``: print the effective config or the errors."""
+    try:
+        cfg, warnings = load_config(Path(args.file), args.root)
+    except ConfigError as exc:
+        print(exc)
+        return 2
+    for w in warnings:
+        print(f"warning: {w}")
+    print(yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False), end="")
+    return 0

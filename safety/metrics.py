@@ -1,0 +1,38 @@
+"""Shadow-evaluation metrics: what the job child measures and the promotion rule judges.
+
+This is the contract between ``trainer_core.evaluate`` (which fills it) and
+``safety.rule`` (which decides on it). Plain pydantic, no numpy/torch.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+
+class PolicyScores(BaseModel):
+    """How one policy (baseline or candidate) did on the held-out steps."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mse: float  # mean over action names of the normalised squared error
+    mse_raw: float  # mean over action names of the raw squared error
+    mse_per_name: dict[str, float]  # raw, per action name
+    mse_norm_per_name: dict[str, float]  # normalised, per action name
+    clamp_rate: float  # share of steps where the safety head clamped any action
+    warn_rate: float  # share labelled warn (risk >= warn_threshold, < block)
+    block_rate: float  # share labelled block (risk >= block_threshold)
+    max_risk: float
+
+
+class EvalMetrics(BaseModel):
+    """Baseline vs candidate on the same held-out steps."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    eval_steps: int
+    eval_episodes: int
+    baseline_kind: str  # "adapter:<release id>" or "base"
+    baseline: PolicyScores
+    candidate: PolicyScores
+    shift_mean: float  # mean |candidate - baseline| over steps and names, normalised units
+    shift_max: float  # largest such difference

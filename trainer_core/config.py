@@ -1,0 +1,128 @@
+"""Typed configuration for what trainer_core owns: ingest limits, features, policy, LoRA, job.
+
+Each package owns the pydantic models of its own config sections (DESIGN §2); ``daemon.config``
+composes them into the whole file. Paths here may be relative: the daemon resolves them against
+the configured root before anything uses them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class IngestConfig(_Section):
+    """Limits that keep a hostile or broken episode from costing more than it is worth."""
+
+    max_file_mb: float = Field(256.0, gt=0)
+    max_steps: int = Field(100_000, gt=0)
+    max_line_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    max_depth: int = Field(32, gt=0)
+    settle_s: float = Field(5.0, ge=0, description="an episode unchanged this long is complete")
+
+
+class FeatureGroup(_Section):
+    """One dotted step path mapped to one or more named values.
+
+    ``path`` is resolved in the step mapping (``observation...``, ``action...``,
+    ``step_metadata...``, ``reward``); a list value yields ``len(names)`` values, a scalar one.
+    Numbers given as strings (continuonos' ``step_metadata``) are parsed.
+    """
+
+    path: str = Field(min_length=1)
+    names: list[str] = Field(min_length=1)
+
+
+class FeaturesConfig(_Section):
+    """The named observation and action vectors a policy sees, with per-name bounds."""
+
+    observation: list[FeatureGroup] = Field(
+        default_factory=lambda: [
+            FeatureGroup(
+                path="observation.robot_state.joint_positions",
+                names=["speed", "target_bearing"],
+            ),
+            FeatureGroup(path="step_metadata.human_distance_m", names=["human_distance_m"]),
+        ]
+    )
+    action: list[FeatureGroup] = Field(
+        default_factory=lambda: [
+            FeatureGroup(path="action.command", names=["steering", "throttle"])
+        ]
+    )
+    bounds: dict[str, tuple[float, float]] = Field(
+        default_factory=lambda: {"steering": (-1.0, 1.0), "throttle": (-1.0, 1.0)}
+    )
+
+    @model_validator(mode="after")
+    def _names_unique(self) -> FeaturesConfig:
+        for side in ("observation", "action"):
+            names = [n for g in getattr(self, side) for n in g.names]
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"{side} feature names repeat: {dupes}")
+        for name, (lo, hi) in self.bounds.items():
+            if not lo < hi:
+                raise ValueError(f"bounds.{name}: low must be < high (got [{lo}, {hi}])")
+        return self
+
+    @property
+    def observation_names(self) -> list[str]:
+        return [n for g in self.observation for n in g.names]
+
+    @property
+    def action_names(self) -> list[str]:
+        return [n for g in self.action for n in g.names]
+
+
+class PolicyConfig(_Section):
+    """The frozen base policy: a registry family and its sizes, and where its checkpoint lives."""
+
+    family: Literal["mlp"] = "mlp"
+    hidden: list[int] = Field(default_factory=lambda: [64, 64])
+    activation: Literal["relu", "gelu", "tanh", "silu"] = "gelu"
+    base_path: Path = Path("model/base/policy.safetensors")
+
+    @field_validator("hidden")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if not v or any(h <= 0 for h in v):
+            raise ValueError(f"must be a non-empty list of sizes > 0 (got {v})")
+        return v
+
+
+class LoraConfig(_Section):
+    """peft LoRA on named modules of the base policy."""
+
+    target_modules: list[str] = Field(default_factory=lambda: ["layers.0", "layers.1"])
+    r: int = Field(8, gt=0)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class JobConfig(_Section):
+    """One training job: data selection, optimiser and the budgets the child honours."""
+
+    min_episodes: int = Field(4, gt=0, description="fewest train episodes worth a job")
+    max_episodes: int = Field(256, gt=0, description="newest N train episodes are used")
+    eval_fraction: float = Field(0.25, gt=0, lt=1, description="share of episodes held out")
+    batch_size: int = Field(64, gt=0)
+    drop_last: bool = True
+    learning_rate: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    seed: int = 0
+    max_steps: int = Field(300, gt=0)
+    max_wall_time_s: float = Field(300.0, gt=0)
+    max_rss_mb: float = Field(1024.0, gt=0)
+    threads: int = Field(2, gt=0, description="torch intra-op threads; small MLPs want few")
+    device: Literal["auto", "cpu", "cuda"] = "cpu"
+    bf16: bool = False
+    log_every_steps: int = Field(10, gt=0)
+    grace_s: float = Field(5.0, gt=0, description="SIGTERM to SIGKILL, and budget overrun slack")
