@@ -124,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
         p = add(fmt, handler, f"import a local {fmt} dataset", imp_sub)
         p.add_argument("src", type=Path)
         p.add_argument("--out", type=Path, required=True)
+        if fmt == "donkey-tub":
+            p.add_argument(
+                "--max-gap-s",
+                type=float,
+                default=2.0,
+                help="start a new episode where the tub's clock jumps by more (default 2 s)",
+            )
     return parser
 
 

@@ -121,7 +121,7 @@ class JobConfig(_Section):
     max_steps: int = Field(300, gt=0)
     max_wall_time_s: float = Field(300.0, gt=0)
     max_rss_mb: float = Field(1024.0, gt=0)
-    threads: int = Field(2, gt=0, description="torch intra-op threads; small MLPs want few")
+    threads: int = Field(1, gt=0, description="torch intra-op threads; small MLPs want few")
     device: Literal["auto", "cpu", "cuda"] = "cpu"
     bf16: bool = False
     log_every_steps: int = Field(10, gt=0)

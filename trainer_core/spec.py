@@ -80,3 +80,5 @@ class JobResult(BaseModel):
     checkpoint_path: Path | None = None
     metrics: EvalMetrics | None = None
     episode_hashes: list[str] = Field(default_factory=list)
+    skipped: dict[str, str] = Field(default_factory=dict)  # episode path -> why it was not used
+    notes: list[str] = Field(default_factory=list)  # e.g. resumed, or why a checkpoint was dropped

@@ -1,0 +1,369 @@
+"""The episode ledger: every episode the trainer has seen, by path and content hash.
+
+SQLite (stdlib), WAL journal, schema version in ``PRAGMA user_version``. One row per episode path:
+its status (``valid`` | ``rejected`` | ``gone``), the reason when rejected, its split (``train``
+| ``eval``, fixed by a hash of the episode id), its step count and the cheap stat signature that
+lets a rescan skip unchanged episodes. Jobs and the content hashes each trained on are kept too,
+so "new data" means valid train episodes that no finished job (``done`` or ``budget``) has used,
+and ``releases_for`` says which releases trained on an episode.
+
+A database that cannot be read is never reset silently: :class:`LedgerError` says how to
+recover. Not for concurrent use from several threads at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+FINISHED_JOB_STATUSES = ("done", "budget")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS episodes (
+    path         TEXT PRIMARY KEY,
+    episode_id   TEXT,
+    content_hash TEXT,
+    status       TEXT NOT NULL CHECK (status IN ('valid', 'rejected', 'gone')),
+    reason       TEXT,
+    split        TEXT CHECK (split IN ('train', 'eval')),
+    layout       TEXT,
+    n_steps      INTEGER,
+    signature    TEXT,
+    first_seen   REAL NOT NULL,
+    last_seen    REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS episodes_hash ON episodes (content_hash);
+CREATE INDEX IF NOT EXISTS episodes_status ON episodes (status, split);
+CREATE TABLE IF NOT EXISTS jobs (
+    run_id      TEXT PRIMARY KEY,
+    started_at  REAL NOT NULL,
+    finished_at REAL,
+    status      TEXT,
+    decision    TEXT,
+    release_id  TEXT
+);
+CREATE TABLE IF NOT EXISTS job_episodes (
+    run_id       TEXT NOT NULL REFERENCES jobs (run_id),
+    content_hash TEXT NOT NULL,
+    PRIMARY KEY (run_id, content_hash)
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+
+class LedgerError(RuntimeError):
+    """The ledger database cannot be used; the message says how to recover."""
+
+
+def split_for(episode_id: str, eval_fraction: float) -> str:
+    """``"eval"`` for a fixed, deterministic share of episode ids, ``"train"`` for the rest.
+
+    The first 8 bytes of sha256(episode_id) as a fraction of 2**64, compared with
+    ``eval_fraction``: the same id always lands in the same split, on every machine."""
+    digest = hashlib.sha256(episode_id.encode("utf-8")).digest()
+    return "eval" if int.from_bytes(digest[:8], "big") / 2**64 < eval_fraction else "train"
+
+
+@dataclass(frozen=True)
+class EpisodeRow:
+    """A valid episode as the job child needs it."""
+
+    path: str
+    episode_id: str
+    content_hash: str
+    n_steps: int
+    first_seen: float
+
+
+@dataclass(frozen=True)
+class KnownEntry:
+    """What a rescan compares against: the stored signature and status of a path."""
+
+    path: str
+    signature: str | None
+    content_hash: str | None
+    status: str
+
+
+@dataclass(frozen=True)
+class JobRow:
+    run_id: str
+    started_at: float
+    finished_at: float | None
+    status: str | None
+    decision: str | None
+    release_id: str | None
+    n_episodes: int
+
+
+def _recover_hint(path: Path) -> str:
+    return (
+        f"move it aside (mv {path} {path}.broken); the next start rebuilds it by rescanning "
+        "the episodes folder (which releases trained on which episodes is lost)"
+    )
+
+
+class Ledger:
+    """Open with :meth:`Ledger.open`; every write method commits before it returns."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._db = conn
+        self.path = path
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: Path) -> Ledger:
+        """Open (creating folders and schema) the ledger at ``path``; raise :class:`LedgerError`
+        when the file is not a usable ledger."""
+        path = Path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(path, timeout=10.0, check_same_thread=False)
+        except (OSError, sqlite3.Error) as exc:
+            raise LedgerError(f"{path}: cannot open the ledger: {exc}") from None
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise LedgerError(
+                    f"{path}: ledger schema version {version} is newer than this trainer "
+                    f"understands ({SCHEMA_VERSION}); upgrade the trainer or {_recover_hint(path)}"
+                )
+            check = conn.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(check)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            with conn:
+                conn.executescript(_SCHEMA)
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.OperationalError as exc:  # locked, unreadable, disk I/O: not corruption
+            conn.close()
+            raise LedgerError(f"{path}: cannot use the ledger: {exc}") from None
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise LedgerError(
+                f"{path}: the ledger database is corrupt ({exc}); {_recover_hint(path)}"
+            ) from None
+        except LedgerError:
+            conn.close()
+            raise
+        return cls(conn, path)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- episodes (written by daemon.ingest.scan) -------------------------------------------
+
+    def known(self) -> dict[str, KnownEntry]:
+        """Every recorded path with its signature, content hash and status."""
+        rows = self._db.execute("SELECT path, signature, content_hash, status FROM episodes")
+        return {r[0]: KnownEntry(*r) for r in rows}
+
+    def known_hash(self, path: str) -> str | None:
+        """The stored content hash of a non-gone path."""
+        row = self._db.execute(
+            "SELECT content_hash FROM episodes WHERE path = ? AND status != 'gone'", (path,)
+        ).fetchone()
+        return row[0] if row else None
+
+    def touch(self, paths: Iterable[str], now: float) -> None:
+        """Mark unchanged episodes as seen at ``now``."""
+        with self._db:
+            self._db.executemany(
+                "UPDATE episodes SET last_seen = ? WHERE path = ?", ((now, p) for p in paths)
+            )
+
+    def update_signature(self, path: str, signature: str, now: float) -> None:
+        """A touched but byte-identical episode: keep its verdict, remember the new stat."""
+        with self._db:
+            self._db.execute(
+                "UPDATE episodes SET signature = ?, last_seen = ? WHERE path = ?",
+                (signature, now, path),
+            )
+
+    def record(
+        self,
+        path: str,
+        *,
+        status: str,
+        signature: str | None,
+        now: float,
+        content_hash: str | None = None,
+        episode_id: str | None = None,
+        split: str | None = None,
+        layout: str | None = None,
+        n_steps: int | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Insert or replace the verdict for ``path`` (``first_seen`` is kept)."""
+        with self._db:
+            self._db.execute(
+                """INSERT INTO episodes (path, episode_id, content_hash, status, reason, split,
+                       layout, n_steps, signature, first_seen, last_seen)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (path) DO UPDATE SET episode_id = excluded.episode_id,
+                       content_hash = excluded.content_hash, status = excluded.status,
+                       reason = excluded.reason, split = excluded.split,
+                       layout = excluded.layout, n_steps = excluded.n_steps,
+                       signature = excluded.signature, last_seen = excluded.last_seen""",
+                (
+                    path,
+                    episode_id,
+                    content_hash,
+                    status,
+                    reason,
+                    split,
+                    layout,
+                    n_steps,
+                    signature,
+                    now,
+                    now,
+                ),
+            )
+
+    def mark_gone(self, paths: Iterable[str], now: float) -> None:
+        """Episodes no longer in the folder: the rows stay, as ``gone``."""
+        with self._db:
+            self._db.executemany(
+                "UPDATE episodes SET status = 'gone', signature = NULL, last_seen = ? "
+                "WHERE path = ?",
+                ((now, p) for p in paths),
+            )
+
+    def valid_path_with_hash(self, content_hash: str, exclude_path: str) -> str | None:
+        """Another path already holding these exact bytes as a valid episode (a copy)."""
+        row = self._db.execute(
+            "SELECT path FROM episodes WHERE content_hash = ? AND status = 'valid' AND path != ?",
+            (content_hash, exclude_path),
+        ).fetchone()
+        return row[0] if row else None
+
+    def ensure_splits(self, eval_fraction: float) -> None:
+        """Re-derive every split when ``eval_fraction`` differs from the one last used."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'eval_fraction'").fetchone()
+        if row is not None and float(row[0]) == eval_fraction:
+            return
+        rows = self._db.execute(
+            "SELECT path, episode_id FROM episodes WHERE episode_id IS NOT NULL"
+        ).fetchall()
+        with self._db:
+            self._db.executemany(
+                "UPDATE episodes SET split = ? WHERE path = ?",
+                ((split_for(eid, eval_fraction), p) for p, eid in rows),
+            )
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('eval_fraction', ?)",
+                (repr(eval_fraction),),
+            )
+
+    # -- queries ----------------------------------------------------------------------------
+
+    def valid_episodes(self, split: str) -> list[EpisodeRow]:
+        """Valid episodes of ``split`` (``train``/``eval``), newest first."""
+        rows = self._db.execute(
+            "SELECT path, episode_id, content_hash, n_steps, first_seen FROM episodes "
+            "WHERE status = 'valid' AND split = ? ORDER BY first_seen DESC, path",
+            (split,),
+        )
+        return [EpisodeRow(*r) for r in rows]
+
+    def new_valid_count(self) -> int:
+        """Valid train episodes that no finished job (``done``/``budget``) trained on."""
+        placeholders = ",".join("?" * len(FINISHED_JOB_STATUSES))
+        row = self._db.execute(
+            f"""SELECT COUNT(*) FROM episodes e
+                WHERE e.status = 'valid' AND e.split = 'train' AND NOT EXISTS (
+                    SELECT 1 FROM job_episodes je JOIN jobs j ON j.run_id = je.run_id
+                    WHERE je.content_hash = e.content_hash AND j.status IN ({placeholders}))""",
+            FINISHED_JOB_STATUSES,
+        ).fetchone()
+        return int(row[0])
+
+    def counts(self) -> dict[str, int]:
+        """``valid``, ``rejected``, ``gone``, ``train``/``eval`` (valid only) and ``new``."""
+        out = {"valid": 0, "rejected": 0, "gone": 0, "train": 0, "eval": 0}
+        for status, n in self._db.execute("SELECT status, COUNT(*) FROM episodes GROUP BY 1"):
+            out[status] = n
+        for split, n in self._db.execute(
+            "SELECT split, COUNT(*) FROM episodes WHERE status = 'valid' GROUP BY 1"
+        ):
+            if split in out:
+                out[split] = n
+        out["new"] = self.new_valid_count()
+        return out
+
+    def rejected(self, limit: int = 20) -> list[tuple[str, str]]:
+        """``(path, reason)`` of the most recently seen rejected episodes."""
+        rows = self._db.execute(
+            "SELECT path, reason FROM episodes WHERE status = 'rejected' "
+            "ORDER BY last_seen DESC, path LIMIT ?",
+            (limit,),
+        )
+        return [(p, r or "") for p, r in rows]
+
+    def releases_for(self, content_hash: str) -> list[str]:
+        """Releases whose training job used this episode."""
+        rows = self._db.execute(
+            "SELECT DISTINCT j.release_id FROM jobs j JOIN job_episodes je USING (run_id) "
+            "WHERE je.content_hash = ? AND j.release_id IS NOT NULL ORDER BY 1",
+            (content_hash,),
+        )
+        return [r[0] for r in rows]
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    def record_job_start(self, run_id: str, started_at: float, episode_hashes: list[str]) -> None:
+        """A job started, training on these content hashes."""
+        with self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO jobs (run_id, started_at) VALUES (?, ?)",
+                (run_id, started_at),
+            )
+            self._db.executemany(
+                "INSERT OR IGNORE INTO job_episodes (run_id, content_hash) VALUES (?, ?)",
+                ((run_id, h) for h in episode_hashes),
+            )
+
+    def record_job_end(
+        self,
+        run_id: str,
+        status: str,
+        decision: str | None,
+        release_id: str | None,
+        finished_at: float,
+    ) -> None:
+        """A job ended. Its episodes stop counting as new when ``status`` is ``done`` or
+        ``budget``; a non-None ``release_id`` records that release as trained on them (this is
+        the ledger's "mark trained": there is no separate call)."""
+        with self._db:
+            cur = self._db.execute(
+                "UPDATE jobs SET status = ?, decision = ?, release_id = ?, finished_at = ? "
+                "WHERE run_id = ?",
+                (status, decision, release_id, finished_at, run_id),
+            )
+            if cur.rowcount == 0:
+                raise LedgerError(f"record_job_end: unknown run_id {run_id!r}")
+
+    def last_jobs(self, limit: int = 10) -> list[JobRow]:
+        """The most recent jobs, newest first."""
+        rows = self._db.execute(
+            """SELECT j.run_id, j.started_at, j.finished_at, j.status, j.decision, j.release_id,
+                      (SELECT COUNT(*) FROM job_episodes je WHERE je.run_id = j.run_id)
+               FROM jobs j ORDER BY j.started_at DESC LIMIT ?""",
+            (limit,),
+        )
+        return [JobRow(*r) for r in rows]

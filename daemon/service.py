@@ -1,0 +1,557 @@
+"""The service loop (DESIGN §9): one thread that scans, gates, runs one job at a time and promotes.
+
+States: idle -> armed (data ready, waiting for the gate) -> training -> evaluating -> promoting ->
+cooldown; a preempted job goes back to armed and resumes from its checkpoint. Each iteration:
+wait for the watcher or the poll interval, rescan when something changed, poll the gate, advance
+the state, publish status (file + sd_notify STATUS), ping the watchdog. Slow work (training,
+evaluation) happens in the child; this loop only ever waits a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import faulthandler
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from daemon.config import ConfigError, TrainerConfig, load_config
+from daemon.ingest import scan
+from daemon.ledger import Ledger
+from daemon.logs import configure_logging, get_logger
+from daemon.notify import Notifier
+from daemon.status import write_status
+from daemon.store import AdapterStore, StoreError
+from daemon.supervisor import JobSupervisor, Outcome, read_result, reap_orphan
+from daemon.trigger import History, trigger
+from daemon.watcher import EpisodeWatcher
+from gating import GateDecision, build_gate
+from safety.config import SafetyConfig, merge_manifest_safety
+from safety.rule import decide
+from trainer_core.spec import CHECKPOINT_DIR, RESULT_FILE, JobSpec
+
+DAY_S = 86_400.0
+STATUS_EVERY_S = 1.0  # the status file is rewritten at most this often while nothing changes
+
+
+class Phase(StrEnum):
+    IDLE = "idle"
+    ARMED = "armed"
+    TRAINING = "training"
+    EVALUATING = "evaluating"
+    PROMOTING = "promoting"
+    COOLDOWN = "cooldown"
+    STOPPING = "stopping"
+
+
+def utc_stamp(wall: float) -> str:
+    return datetime.fromtimestamp(wall, UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+class Service:
+    """The daemon. ``start()``, then ``run()`` until a stop is requested (or ``tick()`` by hand)."""
+
+    def __init__(
+        self,
+        cfg: TrainerConfig,
+        config_path: Path | None,
+        environ: Mapping[str, str],
+        *,
+        force: bool = False,
+        test_hooks: bool = False,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.cfg = cfg
+        self._config_path = config_path
+        self._cli_root = str(cfg.root)
+        self._environ = environ
+        self._force = force
+        self._test_hooks = test_hooks
+        self._monotonic = monotonic
+        self._wall = wall
+        self.log = get_logger()
+        self.notifier = Notifier(environ, os.getpid(), monotonic)
+        self.supervisor = JobSupervisor(cfg.state_dir, environ, monotonic=monotonic)
+        self.phase = Phase.IDLE
+        self.reason = "starting"
+        self.history = History()
+        self.decisions: collections.deque[dict[str, Any]] = collections.deque(maxlen=10)
+        self.gate_decision: GateDecision | None = None
+        self.jobs_started: collections.deque[float] = collections.deque()
+        self.counts: dict[str, int] = {}
+        self.stop_requested = False
+        self._reload_requested = False
+        self._stalled = False
+        self._last_rescan = float("-inf")
+        self._last_status_write = float("-inf")
+        self._last_status_key: tuple[Any, ...] | None = None
+        self._cooldown_until = 0.0
+        self._gate_open: bool | None = None
+        self.store_error: str | None = None
+
+    # -- start-up ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the ledger, recover the adapter store, clean leftovers, start the watcher; READY."""
+        cfg = self.cfg
+        for folder in (cfg.state_dir, cfg.runs_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.ledger = Ledger.open(cfg.ledger_path)
+        self.store = AdapterStore(cfg.adapters_dir, cfg.paths.manifest,
+                                  model_name=f"continuon-{cfg.policy.family}-policy")
+        try:
+            for action in self.store.recover():
+                self.log.warning("store_recovered", action=action)
+            adopted = self.store.adopt_legacy()
+            if adopted is not None:
+                self.log.info("legacy_adapter_adopted", release=adopted.id)
+        except (OSError, StoreError) as exc:
+            # The runtime's manifest is wrong in a way we must not paper over: stay up (the
+            # status says why) but never train or promote until an operator fixes it.
+            self.store_error = f"adapter store needs attention: {exc}"
+            self.log.critical("store_unusable", error=str(exc))
+        orphan = reap_orphan(cfg.state_dir)
+        if orphan:
+            self.log.warning("orphan_job_reaped", detail=orphan)
+        self._clean_runs()
+        self.gate = build_gate(cfg.gate, os.getpid(), self._monotonic, self._wall)
+        self.watcher = self._start_watcher()
+        self.rescan()
+        self.notifier.ready(self.status_line())
+        self.log.info(
+            "ready", root=str(cfg.root), episodes=str(cfg.paths.episodes), counts=self.counts
+        )
+
+    def _start_watcher(self) -> EpisodeWatcher:
+        folder = self.cfg.paths.episodes
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            self.log.error("episodes_folder_unusable", folder=str(folder), error=str(exc))
+        watcher = EpisodeWatcher(folder, force_polling=self.cfg.service.watch == "poll")
+        if folder.is_dir():
+            watcher.start()
+        return watcher
+
+    def _clean_runs(self) -> None:
+        """Remove run dirs a crash left without a result, and all but the newest ``keep_runs``."""
+        runs = sorted(p for p in self.cfg.runs_dir.iterdir() if p.is_dir())
+        keep = set(runs[-self.cfg.service.keep_runs :])
+        for run in runs:
+            abandoned = not (run / RESULT_FILE).exists()
+            if abandoned or run not in keep:
+                shutil.rmtree(run, ignore_errors=True)
+                if abandoned:
+                    self.log.info("abandoned_run_removed", job_id=run.name)
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT stop, SIGHUP reloads; SIGUSR2 stalls the loop (test hook only)."""
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_reload)
+        if self._test_hooks:
+            signal.signal(signal.SIGUSR2, self._on_stall)
+
+    def _on_stop(self, _signum: int, _frame: Any) -> None:
+        self.stop_requested = True
+        self._stalled = False
+        self.watcher.wake()
+
+    def _on_reload(self, _signum: int, _frame: Any) -> None:
+        self._reload_requested = True
+        self.watcher.wake()
+
+    def _on_stall(self, _signum: int, _frame: Any) -> None:
+        self._stalled = not self._stalled
+
+    def run(self) -> None:
+        """Tick until a stop is requested, then shut down cleanly."""
+        while not self.stop_requested:
+            self.tick()
+        self.shutdown()
+
+    def tick(self) -> None:
+        """One iteration of the loop."""
+        while self._stalled and not self.stop_requested:
+            time.sleep(0.05)  # test hook: a loop that makes no progress must stop the watchdog
+        interval = (
+            self.cfg.service.job_poll_interval_s
+            if self.supervisor.running
+            else self.cfg.service.poll_interval_s
+        )
+        changed = self.watcher.wait(interval)
+        if self.stop_requested:
+            return
+        if self._reload_requested:
+            self.reload()
+        now = self._monotonic()
+        if changed or now - self._last_rescan >= self.cfg.service.rescan_interval_s:
+            self.rescan()
+        self.gate_decision = self.gate.poll()
+        self._log_gate_change(self.gate_decision)
+        self.advance(self.gate_decision)
+        self.publish()
+        self.notifier.watchdog()
+
+    def rescan(self) -> None:
+        """Bring the ledger up to date with the episodes folder; log new rejections."""
+        changed = self.watcher.take_changes() if hasattr(self, "watcher") else set()
+        self._last_rescan = self._monotonic()
+        report = scan(
+            self.cfg.paths.episodes,
+            self.ledger,
+            self.cfg.ingest,
+            self.cfg.job.eval_fraction,
+            self._wall(),
+        )
+        for path, reason in report.rejections:
+            self.log.warning("episode_rejected", episode=str(path), reason=reason)
+        if report.new or report.changed:
+            self.log.info(
+                "episodes_scanned", new=report.new, changed=report.changed, entries=len(changed)
+            )
+        self.counts = self.ledger.counts()
+
+    def _log_gate_change(self, decision: GateDecision) -> None:
+        if decision.open != self._gate_open:
+            self._gate_open = decision.open
+            log = self.log.info if decision.open else self.log.warning
+            log("gate_opened" if decision.open else "gate_closed", gate_reasons=decision.reasons)
+
+    # -- state machine -----------------------------------------------------------------------
+
+    def advance(self, gate: GateDecision) -> None:
+        """Move the state machine one step given the gate's decision."""
+        now = self._monotonic()
+        if self.supervisor.running:
+            if not gate.open and not self._force:
+                self.supervisor.stop(f"preempted: {gate.summary()}", self.cfg.job.grace_s)
+            outcome = self.supervisor.poll()
+            if outcome is not None:
+                self.on_job_end(outcome)
+            else:
+                self.phase = (
+                    Phase.EVALUATING if self.supervisor.progress.phase == "eval" else Phase.TRAINING
+                )
+            return
+        while self.jobs_started and self._wall() - self.jobs_started[0] > DAY_S:
+            self.jobs_started.popleft()
+        history = History(
+            self.history.last_job_end,
+            self.history.failures_in_a_row,
+            self.history.last_failure,
+            len(self.jobs_started),
+        )
+        trig = trigger(
+            self.counts.get("new", 0), self.counts.get("train", 0), now, history, self.cfg.service
+        )
+        if not trig.ready:
+            self.phase = Phase.COOLDOWN if now < self._cooldown_until else Phase.IDLE
+            self.reason = trig.reason
+            return
+        self.phase = Phase.ARMED
+        if self.store_error:
+            self.reason = self.store_error
+            return
+        if not self.cfg.policy.base_path.is_file():
+            self.reason = (
+                f"{trig.reason}; no base policy at {self.cfg.policy.base_path}: run "
+                "`continuon-trainer base init` or `base pretrain`"
+            )
+            return
+        if gate.open or self._force:
+            self.start_job()
+        else:
+            self.reason = f"{trig.reason}; gate {gate.summary()}"
+
+    def start_job(self) -> None:
+        """Write a spec from the ledger's episodes and start the child."""
+        cfg = self.cfg
+        train = self.ledger.valid_episodes("train")[: cfg.job.max_episodes]
+        evals = self.ledger.valid_episodes("eval")
+        current = self.store.current()
+        run_id = f"{utc_stamp(self._wall())}-{os.getpid() % 10000:04d}"
+        try:
+            safety = self._safety_config()
+        except (StoreError, ValueError) as exc:
+            self._fail(run_id, f"safety block unusable: {exc}")
+            return
+        spec = JobSpec(
+            run_id=run_id,
+            run_dir=cfg.runs_dir / run_id,
+            train_episodes=[Path(r.path) for r in train],
+            eval_episodes=[Path(r.path) for r in evals],
+            base_path=cfg.policy.base_path,
+            # A release adopted from an old install holds a .pt of unknown shape: judge the
+            # candidate against the bare base instead.
+            baseline_adapter=current.path if current and not current.legacy else None,
+            baseline_id=current.id if current and not current.legacy else None,
+            resume_from=self._resumable_checkpoint(),
+            features=cfg.features,
+            policy=cfg.policy,
+            lora=cfg.lora,
+            job=cfg.job,
+            ingest=cfg.ingest,
+            safety=safety,
+        )
+        self.ledger.record_job_start(run_id, self._wall(), [r.content_hash for r in train])
+        self.supervisor.start(spec)
+        self.jobs_started.append(self._wall())
+        self.phase = Phase.TRAINING
+        self.reason = f"job {run_id}: {len(train)} train / {len(evals)} eval episodes"
+        self.log.info(
+            "job_started",
+            job_id=run_id,
+            train=len(train),
+            eval=len(evals),
+            resume=str(spec.resume_from) if spec.resume_from else None,
+            baseline=spec.baseline_id or "base",
+        )
+
+    def _safety_config(self) -> SafetyConfig:
+        if not self.cfg.safety.from_manifest:
+            return self.cfg.safety
+        return merge_manifest_safety(self.cfg.safety, self.store.manifest_safety())
+
+    def _resumable_checkpoint(self) -> Path | None:
+        """The checkpoint of the newest run that ended preempted, if it is the newest result."""
+        for run in sorted(self.cfg.runs_dir.iterdir(), reverse=True):
+            if not (run / RESULT_FILE).exists():
+                continue
+            checkpoint = run / CHECKPOINT_DIR
+            status = self._run_status(run)
+            return checkpoint if status == "preempted" and checkpoint.is_dir() else None
+        return None
+
+    @staticmethod
+    def _run_status(run: Path) -> str | None:
+        result, _ = read_result(run)
+        return result.status if result else None
+
+    def on_job_end(self, outcome: Outcome) -> None:
+        """Record a finished child and decide: resume later, back off, or judge the candidate."""
+        run_id = outcome.run_dir.name
+        now = self._monotonic()
+        status = outcome.status
+        result = outcome.result
+        self.log.info(
+            "job_ended",
+            job_id=run_id,
+            status=status,
+            reason=outcome.reason,
+            steps=result.steps if result else None,
+            elapsed_s=round(outcome.elapsed_s, 2),
+        )
+        if status == "preempted":
+            self.ledger.record_job_end(run_id, "preempted", None, None, self._wall())
+            self.phase = Phase.ARMED
+            self.reason = f"job {run_id} preempted; resumes when the gate opens"
+            self._remember(run_id, "preempted", [outcome.reason], result)
+            return
+        if status not in ("done", "budget") or result is None or result.candidate_path is None:
+            self._fail(run_id, outcome.reason, status)
+            return
+        self.phase = Phase.PROMOTING
+        decision = decide(result.metrics, self.cfg.promotion)
+        release_id = None
+        if decision.promote:
+            try:
+                card = {
+                    "run_id": run_id,
+                    "decision": decision.reasons,
+                    "metrics": result.metrics.model_dump() if result.metrics else None,
+                }
+                release = self.store.promote(result.candidate_path, card)
+                release_id = release.id
+                self.store.prune(self.cfg.service.keep_releases)
+            except (OSError, StoreError) as exc:
+                self._fail(run_id, f"promotion failed: {exc}", status)
+                return
+        verdict = "promoted" if release_id else "rejected"
+        self.ledger.record_job_end(run_id, status, verdict, release_id, self._wall())
+        log = self.log.info if release_id else self.log.warning
+        log("candidate_" + verdict, job_id=run_id, release=release_id, reasons=decision.reasons)
+        self._remember(run_id, verdict, decision.reasons, result, release_id)
+        self.history = History(last_job_end=now)
+        self._cooldown_until = now + self.cfg.service.cooldown_s
+        self.phase = Phase.COOLDOWN
+        self.reason = f"job {run_id} {verdict}" + (f" as {release_id}" if release_id else "")
+
+    def _fail(self, run_id: str, reason: str, status: str = "crashed") -> None:
+        now = self._monotonic()
+        self.ledger.record_job_end(run_id, status, "failed", None, self._wall())
+        failures = self.history.failures_in_a_row + 1
+        self.history = History(self.history.last_job_end, failures, now)
+        self.log.error(
+            "job_failed", job_id=run_id, status=status, reason=reason, failures_in_a_row=failures
+        )
+        self._remember(run_id, "failed", [reason], None)
+        self.phase, self.reason = Phase.IDLE, f"job {run_id} failed: {reason}"
+
+    def _remember(
+        self,
+        run_id: str,
+        verdict: str,
+        reasons: list[str],
+        result: Any,
+        release_id: str | None = None,
+    ) -> None:
+        metrics = result.metrics.model_dump() if result is not None and result.metrics else None
+        self.decisions.appendleft(
+            {
+                "job_id": run_id,
+                "at": utc_stamp(self._wall()),
+                "verdict": verdict,
+                "release": release_id,
+                "reasons": reasons,
+                "metrics": metrics,
+                "steps": result.steps if result is not None else None,
+            }
+        )
+
+    # -- status, reload, shutdown -----------------------------------------------------------------
+
+    def status_line(self) -> str:
+        """The one line systemd shows: what the daemon does and why."""
+        if self.phase in (Phase.TRAINING, Phase.EVALUATING) and self.supervisor.running:
+            p = self.supervisor.progress
+            loss = f" loss {p.loss:.4g}" if p.loss is not None else ""
+            return f"{self.phase}: step {p.step}/{p.max_steps}{loss}"
+        line = f"{self.phase}: {self.reason}"
+        gate = self.gate_decision
+        if gate is not None and not gate.open and self.phase in (Phase.IDLE, Phase.COOLDOWN):
+            line += f"; gate {gate.summary()}"
+        return line
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything ``continuon-trainer status`` shows."""
+        job = None
+        if self.supervisor.running and self.supervisor.spec is not None:
+            p = self.supervisor.progress
+            job = {
+                "job_id": self.supervisor.spec.run_id,
+                "pid": self.supervisor.pid,
+                "phase": p.phase,
+                "step": p.step,
+                "max_steps": p.max_steps,
+                "loss": p.loss,
+                "elapsed_s": round(self.supervisor.elapsed_s, 1),
+                "budget_s": self.cfg.job.max_wall_time_s,
+            }
+        current = self.store.current()
+        return {
+            "pid": os.getpid(),
+            "updated_at": self._wall(),
+            "phase": str(self.phase),
+            "reason": self.reason,
+            "status_line": self.status_line(),
+            "gate": self.gate_decision.to_json() if self.gate_decision else None,
+            "ledger": self.counts,
+            "job": job,
+            "current_release": current.id if current else None,
+            "last_decisions": list(self.decisions),
+        }
+
+    def publish(self) -> None:
+        """Rewrite the status file (on change, or every STATUS_EVERY_S) and send STATUS=."""
+        line = self.status_line()
+        self.notifier.status(line)
+        now = self._monotonic()
+        key = (line, self._gate_open, tuple(sorted(self.counts.items())), len(self.decisions))
+        if key != self._last_status_key or now - self._last_status_write >= STATUS_EVERY_S:
+            self._last_status_key, self._last_status_write = key, now
+            try:
+                write_status(self.cfg.status_path, self.snapshot())
+            except OSError as exc:
+                self.log.error("status_write_failed", error=str(exc))
+
+    def reload(self) -> None:
+        """SIGHUP: take a new config if it is valid; otherwise keep the old one and say why."""
+        self._reload_requested = False
+        self.notifier.reloading()
+        try:
+            new, warnings = load_config(self._config_path, self._cli_root)
+        except ConfigError as exc:
+            self.log.error("reload_refused", reason=str(exc))
+            self.notifier.status(self.status_line())
+            return
+        for w in warnings:
+            self.log.warning("config_warning", detail=w)
+        if new.paths != self.cfg.paths:
+            self.log.warning("reload_paths_ignored", detail="changed paths need a restart")
+            new = new.model_copy(update={"paths": self.cfg.paths})
+        self.cfg = new
+        self.gate = build_gate(new.gate, os.getpid(), self._monotonic, self._wall)
+        self.log.info("config_reloaded")
+        self.notifier.status(self.status_line())
+
+    def shutdown(self) -> None:
+        """STOPPING=1; stop the child first (it checkpoints), then the watcher and ledger."""
+        self.phase, self.reason = Phase.STOPPING, "shutting down"
+        self.notifier.stopping("stopping: shutting down")
+        self.log.info("stopping")
+        if self.supervisor.running:
+            self.supervisor.stop("shutdown", self.cfg.job.grace_s)
+            outcome = self.supervisor.wait(self.cfg.job.grace_s + 2)
+            if outcome is not None:
+                self.on_job_end(outcome)
+        self.watcher.stop()
+        with contextlib.suppress(OSError):
+            write_status(self.cfg.status_path, self.snapshot() | {"pid": None})
+        self.ledger.close()
+        self.log.info("stopped")
+
+
+def _service_from_args(args: Any, cfg: TrainerConfig, force: bool) -> Service:
+    configure_logging(cfg.logging.level, cfg.logging.format)
+    faulthandler.enable()  # the watchdog's SIGABRT dumps every thread's stack to the journal
+    return Service(
+        cfg,
+        args.config,
+        os.environ,
+        force=force,
+        test_hooks=os.environ.get("CONTINUON_TRAINER_TEST_HOOKS") == "1",
+    )
+
+
+def run_command(args: Any, cfg: TrainerConfig) -> int:
+    """``continuon-trainer run``: the systemd ExecStart. Foreground, never forks."""
+    service = _service_from_args(args, cfg, force=False)
+    try:
+        service.start()
+    except Exception as exc:
+        service.log.critical("startup_failed", error=f"{type(exc).__name__}: {exc}")
+        return 1
+    service.install_signal_handlers()
+    service.run()
+    return 0
+
+
+def once_command(args: Any, cfg: TrainerConfig) -> int:
+    """``continuon-trainer once``: run until one job ended (or nothing is to be done), then exit."""
+    service = _service_from_args(args, cfg, force=args.force)
+    service.start()
+    service.install_signal_handlers()
+    started = False
+    while not service.stop_requested:
+        service.tick()
+        started = started or service.supervisor.running
+        if started and not service.supervisor.running:
+            break
+        if not started and service.phase in (Phase.IDLE, Phase.COOLDOWN):
+            print(f"nothing to do: {service.reason}", file=sys.stderr)
+            break
+    service.shutdown()
+    last = service.decisions[0] if service.decisions else None
+    return 0 if last is None or last["verdict"] in ("promoted", "rejected") else 1

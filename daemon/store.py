@@ -1,0 +1,709 @@
+"""The adapter store: immutable releases, the ``current`` symlink, and the model manifest.
+
+Layout (DESIGN §7)::
+
+    <model>/adapters/releases/<id>/   immutable: the candidate's files + release.json + card.json
+    <model>/adapters/current          symlink -> releases/<id>
+    <model>/adapters/.lock            flock: one writer at a time (daemon vs CLI rollback)
+    <model>/manifest.json             what continuonos reads; the truth about what is current
+
+Every change goes in this order, each step durable before the next:
+
+1. the release directory is staged under ``releases/.tmp-*``, fsynced and renamed into place
+   (so a directory named like a release is always complete);
+2. the manifest is rewritten atomically (trainer_core.fsio) to name it: ``paths.adapter_dir`` and
+   ``paths.adapter`` point INTO the release directory (never through ``current``, which still
+   names the old one at that moment), ``adapter_meta`` gets type/rank/alpha/release_id/sha256,
+   top-level ``generation`` goes up by one and ``previous`` names the release it replaced;
+3. ``current`` is replaced atomically (new symlink under a temp name, ``os.replace``, fsync dir).
+
+A crash between any two steps leaves the manifest naming a complete release; :meth:`recover`
+removes leftovers and points ``current`` where the manifest says. Every other manifest field
+(the runtime's) is kept as it was, unknown ones included.
+
+If no manifest exists yet, the first promotion creates one from a minimal continuonos-shaped
+template: ``{model_name, runtime: {}, paths: {adapter_dir, adapter}, adapter_meta, generation,
+previous}``, ``model_name`` taken from the card's ``model_name`` or the store's ``model_name``.
+
+This module is imported by the daemon: no torch, no numpy, and nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import fcntl
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trainer_core.fsio import TEMP_PREFIX, atomic_write_json, fsync_dir, fsync_tree
+
+if TYPE_CHECKING:
+    import argparse
+
+    from daemon.config import TrainerConfig
+
+ADAPTER_FILE = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+CARD_FILE = "card.json"
+RELEASE_FILE = "release.json"
+CANDIDATE_FILES = (ADAPTER_CONFIG, ADAPTER_FILE, "normalizer.json", CARD_FILE)
+LEGACY_NAMES = ("lora_adapters.pt", ADAPTER_FILE)  # looked for in an old adapters/current/
+LEGACY_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+MANIFEST_MAX_BYTES = 1 << 20
+REQUIRED_FIELDS: dict[str, type] = {"model_name": str, "runtime": dict, "paths": dict}
+RELEASE_ID = re.compile(r"^r\d+-[0-9A-Za-z-]+$")
+
+
+class StoreError(RuntimeError):
+    """The store or the manifest cannot be used as they are; nothing was changed."""
+
+
+@dataclass(frozen=True)
+class Release:
+    """One immutable release directory and what is known about it."""
+
+    id: str
+    path: Path
+    created: str  # ISO 8601 UTC
+    generation: int
+    sha256: str  # of the adapter file
+    adapter_file: str  # file name inside ``path``
+    format: str  # safetensors | torch-zip | pickle | json
+    rank: int | None = None
+    alpha: float | None = None
+    legacy: bool = False
+    card: dict[str, Any] = field(default_factory=dict)
+    is_current: bool = False
+    is_previous: bool = False
+
+    @property
+    def adapter_path(self) -> Path:
+        return self.path / self.adapter_file
+
+    @property
+    def metrics(self) -> dict[str, Any] | None:
+        """The shadow-evaluation metrics the card was promoted with, if any."""
+        m = self.card.get("metrics")
+        return m if isinstance(m, dict) else None
+
+
+class AdapterStore:
+    """Releases under ``adapters_dir`` and the manifest at ``manifest_path`` (see module doc)."""
+
+    def __init__(
+        self, adapters_dir: Path, manifest_path: Path, model_name: str | None = None
+    ) -> None:
+        self.dir = Path(adapters_dir).absolute()
+        self.releases_dir = self.dir / "releases"
+        self.current_link = self.dir / "current"
+        self.manifest_path = Path(manifest_path).absolute()
+        self.model_name = model_name
+
+    # ----------------------------------------------------------------------------- reading
+
+    def read_manifest(self) -> dict[str, Any] | None:
+        """The manifest, validated; None if there is none yet. StoreError if it is unusable."""
+        return read_manifest(self.manifest_path)
+
+    def manifest_safety(self) -> dict[str, Any] | None:
+        """The manifest's ``safety`` block (for the safety head), or None when it has none."""
+        manifest = self.read_manifest()
+        return None if manifest is None else manifest.get("safety")
+
+    def current(self) -> Release | None:
+        """The release the manifest names, or None (no manifest, or not one of ours yet)."""
+        manifest = self.read_manifest()
+        rid = _current_id(manifest)
+        return None if rid is None else self._release(rid, manifest)
+
+    def releases(self) -> list[Release]:
+        """Every release, oldest first."""
+        manifest = self.read_manifest()
+        if not self.releases_dir.is_dir():
+            return []
+        out = []
+        for p in self.releases_dir.iterdir():
+            if not (RELEASE_ID.match(p.name) and p.is_dir()):
+                continue
+            try:
+                out.append(self._release(p.name, manifest))
+            except StoreError:
+                if p.exists():
+                    raise
+                # pruned by another process while we looked (readers take no lock)
+        return sorted(out, key=lambda r: (r.generation, r.id))
+
+    def verify(self, release: Release) -> None:
+        """StoreError unless the release's adapter file still hashes to its recorded sha256."""
+        try:
+            digest = sha256_file(release.adapter_path)
+        except OSError as exc:
+            raise StoreError(f"release {release.id}: cannot read adapter: {exc}") from exc
+        if digest != release.sha256:
+            raise StoreError(
+                f"release {release.id}: {release.adapter_file} sha256 {digest} does not match "
+                f"the recorded {release.sha256}"
+            )
+
+    # ----------------------------------------------------------------------------- changing
+
+    def recover(self) -> list[str]:
+        """Undo what a crash left half-done; return what was done, one line each.
+
+        Removes temp entries (staged releases, temp symlinks, temp manifests, a legacy directory
+        moved aside) and points ``current`` at the release the manifest names. A manifest naming
+        a missing or corrupt release is a StoreError: that is not something to guess about.
+        """
+        actions: list[str] = []
+        if not self.dir.is_dir():
+            return actions
+        with self._locked():
+            for parent, prefix in (
+                (self.releases_dir, TEMP_PREFIX),
+                (self.dir, TEMP_PREFIX),
+                (self.manifest_path.parent, f"{TEMP_PREFIX}{self.manifest_path.name}."),
+            ):
+                for entry in _entries(parent, prefix):
+                    _remove(entry)
+                    actions.append(f"removed leftover {entry}")
+            manifest = self.read_manifest()
+            rid = _current_id(manifest)
+            if rid is None:
+                return actions
+            release = self._release(rid, manifest)
+            self.verify(release)
+            if self.current_link.is_dir() and not self.current_link.is_symlink():
+                actions.append(
+                    f"{self.current_link} is a real directory; adopt_legacy() takes it over"
+                )
+            elif self._link_target() != rid:
+                self._point_current(rid)
+                actions.append(f"pointed current at {rid} (the manifest's release)")
+        return actions
+
+    def adopt_legacy(self) -> Release | None:
+        """Turn an old real ``adapters/current/`` directory into a release, so rollback to it works.
+
+        The adapter file (the manifest's ``paths.adapter`` name if present there, else
+        ``lora_adapters.pt`` / ``adapter_model.safetensors`` / the one file with an adapter
+        suffix) is sniffed, not loaded: torch zip, pickle or JSON text (or safetensors); its
+        directory is copied into a release and hashed. If the manifest names no release yet it
+        is pointed at this one. Then ``current`` becomes the symlink. None if there is nothing
+        to adopt. Adopting twice (after a crash) reuses the release with the same hash.
+        """
+        if not (self.current_link.is_dir() and not self.current_link.is_symlink()):
+            return None
+        with self._locked():
+            return self._adopt_locked()
+
+    def promote(self, candidate_dir: Path, card: dict[str, Any]) -> Release:
+        """Make ``candidate_dir`` (written by the job) a release and the current adapter.
+
+        ``card`` is merged over the candidate's own card.json (which the job wrote: base sha256,
+        episodes, config) and stored as the release's card.json. Rank and alpha come from the
+        candidate's adapter_config.json (peft ``r``, ``lora_alpha``).
+        """
+        candidate_dir = Path(candidate_dir)
+        rank, alpha = _check_candidate(candidate_dir)
+        card = {**_read_candidate_card(candidate_dir), **card}
+        with self._locked():
+            self._adopt_locked()
+            manifest = self.read_manifest()
+            if manifest is None:
+                manifest = self._template(card)
+            generation = self._next_generation(manifest)
+            rid = f"r{generation}-{_utc_stamp()}"
+            release = self._stage(
+                rid,
+                generation,
+                sources=[p for p in sorted(candidate_dir.iterdir()) if p.name != CARD_FILE],
+                adapter_file=ADAPTER_FILE,
+                extra={"rank": rank, "alpha": alpha, "legacy": False, "source": str(candidate_dir)},
+                card=card,
+            )
+            return self._make_current(release, manifest, generation)
+
+    def rollback(self, to: str | None = None) -> Release:
+        """Make release ``to`` (default: the manifest's ``previous``) current again."""
+        with self._locked():
+            self._adopt_locked()
+            manifest = self.read_manifest()
+            current = _current_id(manifest)
+            if manifest is None or current is None:
+                raise StoreError(f"{self.manifest_path}: names no release; nothing to roll back")
+            target = to if to is not None else manifest.get("previous")
+            if target is None:
+                raise StoreError(f"release {current} has no previous release to roll back to")
+            if not (RELEASE_ID.match(target) and (self.releases_dir / target).is_dir()):
+                known = ", ".join(r.id for r in self.releases()) or "none"
+                raise StoreError(f"no release {target!r} (releases: {known})")
+            release = self._release(target, manifest)
+            self.verify(release)
+            if target == current:
+                if self._link_target() != current:
+                    self._point_current(current)
+                return release
+            return self._make_current(release, manifest, self._next_generation(manifest))
+
+    def prune(self, keep: int) -> list[str]:
+        """Remove all but the newest ``keep`` releases; never the current or previous one."""
+        if keep < 0:
+            raise ValueError(f"keep must be >= 0 (got {keep})")
+        removed: list[str] = []
+        with self._locked():
+            manifest = self.read_manifest()
+            protected = {
+                _current_id(manifest),
+                (manifest or {}).get("previous"),
+                self._link_target(),
+            }
+            newest_first = list(reversed(self.releases()))
+            for release in newest_first[keep:]:
+                if release.id in protected:
+                    continue
+                # rename first: a crash mid-delete leaves a temp entry, never half a release
+                doomed = self.releases_dir / f"{TEMP_PREFIX}prune-{release.id}"
+                os.rename(release.path, doomed)
+                fsync_dir(self.releases_dir)
+                shutil.rmtree(doomed)
+                removed.append(release.id)
+        return removed
+
+    # ----------------------------------------------------------------------------- internals
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.releases_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the flock
+
+    def _release(self, rid: str, manifest: dict[str, Any] | None) -> Release:
+        path = self.releases_dir / rid
+        meta_path = path / RELEASE_FILE
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            card_text = (path / CARD_FILE).read_text(encoding="utf-8")
+        except FileNotFoundError as exc:
+            raise StoreError(f"release {rid}: missing {Path(exc.filename).name} in {path}") from exc
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"release {rid}: unreadable {meta_path}: {exc}") from exc
+        try:
+            card = json.loads(card_text)
+        except ValueError as exc:
+            raise StoreError(f"release {rid}: card.json is not JSON: {exc}") from exc
+        try:
+            return Release(
+                id=rid,
+                path=path,
+                created=str(meta["created"]),
+                generation=int(meta["generation"]),
+                sha256=str(meta["sha256"]),
+                adapter_file=str(meta["adapter_file"]),
+                format=str(meta["format"]),
+                rank=meta.get("rank"),
+                alpha=meta.get("alpha"),
+                legacy=bool(meta.get("legacy", False)),
+                card=card if isinstance(card, dict) else {},
+                is_current=rid == _current_id(manifest),
+                is_previous=manifest is not None and rid == manifest.get("previous"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StoreError(f"release {rid}: {meta_path} lacks or mangles {exc}") from exc
+
+    def _link_target(self) -> str | None:
+        """The release id ``current`` points at, or None (absent, not a symlink, elsewhere)."""
+        try:
+            target = Path(os.readlink(self.current_link))
+        except OSError:
+            return None
+        return target.name if target.parent == Path("releases") else None
+
+    def _point_current(self, rid: str) -> None:
+        """Replace the ``current`` symlink atomically: temp symlink, os.replace, fsync dir."""
+        tmp = self.dir / f"{TEMP_PREFIX}current-{secrets.token_hex(4)}"
+        os.symlink(f"releases/{rid}", tmp)
+        try:
+            os.replace(tmp, self.current_link)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        fsync_dir(self.dir)
+
+    def _next_generation(self, manifest: dict[str, Any]) -> int:
+        """One above everything seen: the manifest's generation and every release's (a crash
+        can leave a complete release the manifest never named; its id must not be reused)."""
+        seen = [int(manifest.get("generation", 0))]
+        seen += [r.generation for r in self.releases()]
+        return max(seen) + 1
+
+    def _template(self, card: dict[str, Any]) -> dict[str, Any]:
+        name = card.get("model_name") or self.model_name
+        if not isinstance(name, str) or not name:
+            raise StoreError(
+                f"no manifest at {self.manifest_path} and no model name to create one "
+                "(give the card a model_name or the store one)"
+            )
+        return {"model_name": name, "runtime": {}, "paths": {}, "adapter_meta": {"type": "lora"}}
+
+    def _stage(
+        self,
+        rid: str,
+        generation: int,
+        sources: list[Path],
+        adapter_file: str,
+        extra: dict[str, Any],
+        card: dict[str, Any],
+    ) -> Release:
+        """Copy ``sources`` into a temp dir, write release.json and card.json, fsync, rename."""
+        staging = self.releases_dir / f"{TEMP_PREFIX}{rid}-{secrets.token_hex(4)}"
+        staging.mkdir()
+        try:
+            for src in sources:
+                if src.is_dir():
+                    shutil.copytree(src, staging / src.name)
+                else:
+                    shutil.copyfile(src, staging / src.name)
+            adapter = staging / adapter_file
+            meta = {
+                "id": rid,
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                "generation": generation,
+                "adapter_file": adapter_file,
+                "format": sniff_format(adapter),
+                "sha256": sha256_file(adapter),
+                **extra,
+            }
+            _write_json(staging / RELEASE_FILE, meta)
+            _write_json(staging / CARD_FILE, card)
+            for f in staging.rglob("*"):
+                if f.is_file():
+                    f.chmod(0o444)  # a release is immutable; say so to anyone who looks
+            fsync_tree(staging)
+            os.rename(staging, self.releases_dir / rid)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        fsync_dir(self.releases_dir)
+        return self._release(rid, None)
+
+    def _make_current(self, release: Release, manifest: dict[str, Any], generation: int) -> Release:
+        """Manifest first (the truth), then the symlink."""
+        updated = with_release(manifest, release, generation, _current_id(manifest))
+        write_manifest(self.manifest_path, updated)
+        self._point_current(release.id)
+        return self._release(release.id, updated)
+
+    def _adopt_locked(self) -> Release | None:
+        legacy_dir = self.current_link
+        if not (legacy_dir.is_dir() and not legacy_dir.is_symlink()):
+            return None
+        manifest = self.read_manifest()
+        adapter = _legacy_adapter(legacy_dir, manifest)
+        fmt = sniff_format(adapter)
+        digest = sha256_file(adapter)
+        generation = self._next_generation(manifest or {})
+        same = [r for r in self.releases() if r.legacy and r.sha256 == digest]
+        if same:
+            release = same[0]
+        else:
+            meta = (manifest or {}).get("adapter_meta") or {}
+            release = self._stage(
+                f"r{generation}-legacy-{_utc_stamp()}",
+                generation,
+                sources=sorted(legacy_dir.iterdir()),
+                adapter_file=adapter.name,
+                extra={
+                    "rank": meta.get("rank"),
+                    "alpha": meta.get("alpha"),
+                    "legacy": True,
+                    "source": str(legacy_dir),
+                },
+                card={"legacy": True, "format": fmt, "adopted_from": str(legacy_dir)},
+            )
+        if manifest is None:
+            manifest = self._template({})
+        if _current_id(manifest) is None:
+            write_manifest(self.manifest_path, with_release(manifest, release, generation, None))
+            manifest = self.read_manifest()
+        # The manifest already names a complete release: move the directory aside (a crash
+        # here leaves a temp entry recover() removes) and put the symlink in its place.
+        aside = self.dir / f"{TEMP_PREFIX}legacy-current-{secrets.token_hex(4)}"
+        os.rename(legacy_dir, aside)
+        self._point_current(_current_id(manifest) or release.id)
+        shutil.rmtree(aside)
+        return self._release(release.id, manifest)
+
+
+# --------------------------------------------------------------------------------- manifest
+
+
+def read_manifest(path: Path) -> dict[str, Any] | None:
+    """Parse and validate the manifest at ``path``; None if absent; StoreError if unusable."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot open manifest: {exc.strerror or exc}") from exc
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(MANIFEST_MAX_BYTES + 1)
+    if len(data) > MANIFEST_MAX_BYTES:
+        raise StoreError(f"{path}: manifest larger than {MANIFEST_MAX_BYTES} bytes; not touched")
+    try:
+        obj = json.loads(data.decode("utf-8"), parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise StoreError(f"{path}: manifest is not valid JSON ({exc}); not touched") from exc
+    validate_manifest(obj, path)
+    return obj
+
+
+def validate_manifest(obj: Any, path: Path) -> None:
+    """StoreError naming the field unless ``obj`` is a manifest we may rewrite."""
+    if not isinstance(obj, dict):
+        raise StoreError(f"{path}: manifest must be a JSON object (got {type(obj).__name__})")
+    for name, kind in REQUIRED_FIELDS.items():
+        if name not in obj:
+            raise StoreError(f"{path}: manifest lacks required field {name!r}; not touched")
+        if not isinstance(obj[name], kind) or (kind is str and not obj[name]):
+            raise StoreError(f"{path}: manifest field {name!r} must be a {kind.__name__}")
+    for name in ("adapter_meta", "safety"):
+        if name in obj and not isinstance(obj[name], dict):
+            raise StoreError(f"{path}: manifest field {name!r} must be an object")
+    gen = obj.get("generation", 0)
+    if isinstance(gen, bool) or not isinstance(gen, int) or gen < 0:
+        raise StoreError(f"{path}: manifest field 'generation' must be an integer >= 0")
+    for where, value in (
+        ("previous", obj.get("previous")),
+        ("adapter_meta.release_id", (obj.get("adapter_meta") or {}).get("release_id")),
+    ):
+        if value is not None and not (isinstance(value, str) and RELEASE_ID.match(value)):
+            raise StoreError(f"{path}: manifest field {where!r} is not a release id: {value!r}")
+
+
+def with_release(
+    manifest: dict[str, Any], release: Release, generation: int, previous: str | None
+) -> dict[str, Any]:
+    """A copy of ``manifest`` naming ``release``; every other field is kept as it was."""
+    out = copy.deepcopy(manifest)
+    out["paths"] = {
+        **out["paths"],
+        "adapter_dir": str(release.path),
+        "adapter": str(release.adapter_path),
+    }
+    meta = dict(out.get("adapter_meta") or {})
+    meta.update({"type": "lora", "release_id": release.id, "sha256": release.sha256})
+    for key in ("rank", "alpha"):
+        value = getattr(release, key)
+        if value is None:
+            meta.pop(key, None)  # a legacy release of unknown rank: say nothing, not a stale one
+        else:
+            meta[key] = value
+    out["adapter_meta"] = meta
+    out["generation"] = generation
+    out["previous"] = previous
+    return out
+
+
+def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    """Validate and write the manifest atomically (temp, fsync, replace, fsync dir)."""
+    validate_manifest(manifest, path)
+    size = len(json.dumps(manifest, indent=2))
+    if size > MANIFEST_MAX_BYTES:
+        raise StoreError(f"{path}: manifest would be {size} bytes (limit {MANIFEST_MAX_BYTES})")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, manifest)
+
+
+# --------------------------------------------------------------------------------- files
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def sniff_format(path: Path) -> str:
+    """What an adapter file holds, from its first bytes; never loads or unpickles it.
+
+    ``torch-zip`` (PK header, torch.save's default), ``pickle`` (protocol byte 0x80, old
+    torch.save), ``safetensors`` (8-byte little-endian header size, then a JSON object), ``json``.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot read adapter: {exc.strerror or exc}") from exc
+    if head.startswith(b"PK\x03\x04"):
+        return "torch-zip"
+    if head[:1] == b"\x80":
+        return "pickle"
+    if len(head) >= 9 and head[8:9] == b"{":
+        size = int.from_bytes(head[:8], "little")
+        if 0 < size <= path.stat().st_size - 8:
+            return "safetensors"
+    if head.lstrip()[:1] in (b"{", b"["):
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+            return "json"
+        except (UnicodeDecodeError, ValueError):
+            pass
+    raise StoreError(
+        f"{path}: not a recognised adapter file (torch zip, pickle, safetensors or JSON)"
+    )
+
+
+def _read_candidate_card(candidate_dir: Path) -> dict[str, Any]:
+    try:
+        card = json.loads((candidate_dir / CARD_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{candidate_dir / CARD_FILE}: unreadable: {exc}") from exc
+    return card if isinstance(card, dict) else {}
+
+
+def _check_candidate(candidate_dir: Path) -> tuple[int, float]:
+    """StoreError unless the job's candidate is complete; return its LoRA rank and alpha."""
+    if not candidate_dir.is_dir():
+        raise StoreError(f"candidate {candidate_dir} is not a directory")
+    missing = [n for n in CANDIDATE_FILES if not (candidate_dir / n).is_file()]
+    if missing:
+        raise StoreError(f"candidate {candidate_dir} lacks {', '.join(missing)}")
+    try:
+        cfg = json.loads((candidate_dir / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+        rank, alpha = cfg["r"], cfg["lora_alpha"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StoreError(
+            f"candidate {candidate_dir}: {ADAPTER_CONFIG} unreadable or lacks r/lora_alpha: {exc}"
+        ) from exc
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
+        raise StoreError(f"candidate {candidate_dir}: {ADAPTER_CONFIG} r={rank!r} is not > 0")
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not alpha > 0:
+        raise StoreError(f"candidate {candidate_dir}: {ADAPTER_CONFIG} lora_alpha={alpha!r}")
+    if sniff_format(candidate_dir / ADAPTER_FILE) != "safetensors":
+        raise StoreError(f"candidate {candidate_dir}: {ADAPTER_FILE} is not safetensors")
+    return rank, alpha
+
+
+def _legacy_adapter(legacy_dir: Path, manifest: dict[str, Any] | None) -> Path:
+    named = Path(str(((manifest or {}).get("paths") or {}).get("adapter", ""))).name
+    for name in (named, *LEGACY_NAMES):
+        if name and (legacy_dir / name).is_file():
+            return legacy_dir / name
+    found = [p for p in legacy_dir.iterdir() if p.is_file() and p.suffix in LEGACY_SUFFIXES]
+    if len(found) == 1:
+        return found[0]
+    raise StoreError(
+        f"{legacy_dir} is an old adapter directory but holds "
+        f"{'no' if not found else 'several'} adapter files ({[p.name for p in found]})"
+    )
+
+
+def _current_id(manifest: dict[str, Any] | None) -> str | None:
+    if manifest is None:
+        return None
+    return (manifest.get("adapter_meta") or {}).get("release_id")
+
+
+def _entries(parent: Path, prefix: str) -> list[Path]:
+    try:
+        return sorted(p for p in parent.iterdir() if p.name.startswith(prefix))
+    except FileNotFoundError:
+        return []
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    try:
+        text = json.dumps(obj, indent=2, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"{path.name}: cannot be written as JSON: {exc}") from exc
+    path.write_text(text + "\n", encoding="utf-8")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _utc_stamp() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+# --------------------------------------------------------------------------------- CLI
+
+
+def _store(config: TrainerConfig) -> AdapterStore:
+    return AdapterStore(config.adapters_dir, config.paths.manifest)
+
+
+def releases_command(args: argparse.Namespace, config: TrainerConfig) -> int:
+    """``continuon-trainer releases``: one line per release, the current one marked."""
+    try:
+        rows = _store(config).releases()
+    except (OSError, StoreError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if not rows:
+        print(f"no releases under {config.adapters_dir}")
+        return 0
+    print(f"  {'release':<32} {'created':<25} {'cand. error':>11} {'block rate':>10}  note")
+    for r in rows:
+        cand = (r.metrics or {}).get("candidate") or {}
+        err, block = cand.get("mse"), cand.get("block_rate")
+        flags = (
+            ("current", r.is_current),
+            ("previous", r.is_previous),
+            (f"legacy {r.format}", r.legacy),
+        )
+        note = ", ".join(name for name, on in flags if on)
+        print(
+            f"{'*' if r.is_current else ' '} {r.id:<32} {r.created:<25} "
+            f"{_fmt(err, '.4g'):>11} {_fmt(block, '.2%'):>10}  {note}"
+        )
+    return 0
+
+
+def rollback_command(args: argparse.Namespace, config: TrainerConfig) -> int:
+    """``continuon-trainer rollback [--to ID]``: back to the previous (or the named) release."""
+    store = _store(config)
+    try:
+        for action in store.recover():
+            print(f"recovered: {action}")
+        before = store.current()
+        release = store.rollback(getattr(args, "release", None))
+    except (OSError, StoreError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if before is not None and before.id == release.id:
+        print(f"{release.id} is already current; nothing changed")
+    else:
+        was = before.id if before else "none"
+        print(f"rolled back: current is now {release.id} (was {was})")
+    return 0
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return format(value, spec) if isinstance(value, int | float) else "-"

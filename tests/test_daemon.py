@@ -1,0 +1,271 @@
+"""The real daemon as a subprocess: notify protocol, end to end, preemption, status, no torch."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.daemon_harness import (
+    CLI,
+    REPO,
+    NotifySocket,
+    cli,
+    group_alive,
+    make_root,
+    start_daemon,
+    status,
+    stop,
+    synth,
+    wait_until,
+    write_mode,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def base_checkpoint(tmp_path_factory) -> Path:
+    """One pretrained base for the whole module (pretraining is the slow part)."""
+    work = tmp_path_factory.mktemp("base")
+    synth(work, work / "factory", "--episodes", "12", "--steps", "80", "--seed", "1")
+    out = work / "base" / "policy.safetensors"
+    cli(
+        work,
+        "base",
+        "pretrain",
+        "--episodes",
+        str(work / "factory"),
+        "--steps",
+        "600",
+        "--out",
+        str(out),
+    )
+    return out
+
+
+def torch_mapped(pid: int) -> bool:
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    return "libtorch" in maps or "/torch/" in maps
+
+
+def test_daemon_modules_import_without_torch():
+    code = (
+        "import sys, daemon.cli, daemon.service, daemon.status, daemon.demo, gating, safety.rule;"
+        "bad = [m for m in ('torch', 'peft', 'transformers') if m in sys.modules];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_notify_protocol(tmp_path, base_checkpoint):
+    root, config = make_root(tmp_path, base=base_checkpoint, mode="manual_control")
+    notify = NotifySocket(tmp_path / "notify.sock")
+    proc = start_daemon(root, config, notify, watchdog_usec=1_000_000)
+    log = root / "daemon.log"
+    try:
+        wait_until(lambda: notify.lines("READY=1"), 30, "READY=1", log)
+        wait_until(
+            lambda: any("gate closed" in m for _, m in notify.lines("STATUS=")),
+            10,
+            "a STATUS line naming the closed gate",
+            log,
+        )
+        # Watchdog pings at half of WATCHDOG_USEC (0.5 s) while the loop makes progress.
+        time.sleep(2.2)
+        pings = [t for t, _ in notify.lines("WATCHDOG=1")]
+        recent = [t for t in pings if t > time.monotonic() - 2.0]
+        assert 3 <= len(recent) <= 5, pings
+        gaps = [b - a for a, b in itertools.pairwise(recent)]
+        assert all(0.3 < g < 0.9 for g in gaps), gaps
+        # Stall the loop through the test hook: the pings stop.
+        proc.send_signal(signal.SIGUSR2)
+        time.sleep(0.5)
+        before = len(notify.lines("WATCHDOG=1"))
+        time.sleep(1.5)
+        assert len(notify.lines("WATCHDOG=1")) == before
+        proc.send_signal(signal.SIGUSR2)
+        wait_until(lambda: len(notify.lines("WATCHDOG=1")) > before, 3, "pings again", log)
+        assert not torch_mapped(proc.pid)
+        # Off a terminal, each log line is one JSON object behind a syslog priority prefix.
+        first = log.read_text().splitlines()[0]
+        assert first[:3] in ("<6>", "<4>", "<3>") and json.loads(first[3:])["event"]
+        assert stop(proc) == 0
+        assert notify.lines("STOPPING=1")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        notify.close()
+
+
+def drop_episodes(root: Path, staging: Path, expect_valid: int) -> None:
+    """Rename staged episodes into the watched folder, as producers do; wait until ingested."""
+    for entry in staging.iterdir():
+        os.rename(entry, root / "rlds" / "episodes" / entry.name)
+    wait_until(
+        lambda: (status(root).get("ledger") or {}).get("valid") == expect_valid,
+        30,
+        f"{expect_valid} valid episodes in the ledger",
+        root / "daemon.log",
+    )
+
+
+def decisions(root: Path, exclude: tuple[str, ...] = ()) -> list[dict]:
+    return [
+        d
+        for d in status(root).get("last_decisions", [])
+        if d["verdict"] != "preempted" and d["job_id"] not in exclude
+    ]
+
+
+def test_end_to_end_promote_then_reject_unsafe(tmp_path, base_checkpoint):
+    root, config = make_root(tmp_path, base=base_checkpoint, mode="manual_control")
+    manifest_path = root / "model" / "manifest.json"
+    proc = start_daemon(root, config)
+    log = root / "daemon.log"
+    try:
+        wait_until(lambda: status(root).get("pid"), 30, "the daemon's status file", log)
+        staging = tmp_path / "staging"
+        synth(
+            root,
+            staging,
+            "--episodes",
+            "12",
+            "--steps",
+            "100",
+            "--seed",
+            "5",
+            "--steering-bias",
+            "0.3",
+        )
+        drop_episodes(root, staging, 12)
+        write_mode(root, "idle")
+        first = wait_until(lambda: decisions(root), 120, "a decision", log)[0]
+        assert first["verdict"] == "promoted", first
+        manifest = json.loads(manifest_path.read_text())
+        assert manifest["adapter_meta"]["release_id"] == first["release"]
+        assert manifest["model_name"] == "continuon-demo-policy"  # runtime fields kept
+        assert Path(manifest["paths"]["adapter"]).is_file()
+        assert not torch_mapped(proc.pid)
+
+        # Unsafe episodes: the candidate drives into people; it must not be promoted.
+        write_mode(root, "manual_control")
+        before = manifest_path.read_bytes()
+        synth(root, staging, "--episodes", "10", "--steps", "100", "--seed", "6", "--unsafe")
+        drop_episodes(root, staging, 22)
+        write_mode(root, "idle")
+        second = wait_until(
+            lambda: decisions(root, exclude=(first["job_id"],)), 120, "a second decision", log
+        )[0]
+        assert second["verdict"] == "rejected", second
+        assert any(r.startswith("FAIL block") for r in second["reasons"]), second["reasons"]
+        assert manifest_path.read_bytes() == before
+        assert stop(proc) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_preemption_stops_the_child_and_resumes(tmp_path, base_checkpoint):
+    root, config = make_root(
+        tmp_path,
+        base=base_checkpoint,
+        mode="idle",
+        extra={"job": {"max_steps": 100000, "max_wall_time_s": 120, "batch_size": 16}},
+    )
+    synth(root, root / "rlds" / "episodes", "--episodes", "8", "--steps", "60", "--seed", "7")
+    proc = start_daemon(root, config)
+    log = root / "daemon.log"
+    try:
+        job = wait_until(
+            lambda: (status(root).get("job") or {}).get("step", 0) > 0 and status(root)["job"],
+            90,
+            "a running job",
+            log,
+        )
+        pid = job["pid"]
+        write_mode(root, "manual_control")
+        flipped = time.monotonic()
+        wait_until(lambda: not group_alive(pid), 5, "the child's process group to be gone", log)
+        assert time.monotonic() - flipped < 3.0
+        decision = wait_until(lambda: status(root).get("last_decisions"), 5, "a record", log)[0]
+        assert decision["verdict"] == "preempted"
+        checkpoint = root / "state" / "runs" / decision["job_id"] / "checkpoint"
+        assert checkpoint.is_dir()
+        write_mode(root, "idle")
+        resumed = wait_until(
+            lambda: (
+                (status(root).get("job") or {}).get("job_id") not in (None, decision["job_id"])
+                and status(root)["job"]
+            ),
+            60,
+            "the job to resume",
+            log,
+        )
+        spec = json.loads((root / "state" / "runs" / resumed["job_id"] / "spec.json").read_text())
+        assert spec["resume_from"] == str(checkpoint)
+        assert stop(proc) == 0
+        assert not group_alive(resumed["pid"])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_status_with_and_without_daemon(tmp_path, base_checkpoint):
+    root, config = make_root(tmp_path, base=base_checkpoint, mode="manual_control")
+    down = subprocess.run(
+        [*CLI, "--root", str(root), "--config", str(config), "status"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=30,
+    )
+    assert down.returncode == 0 and "not running" in down.stdout
+    proc = start_daemon(root, config)
+    try:
+        wait_until(lambda: status(root).get("gate"), 30, "status", root / "daemon.log")
+        up = subprocess.run(
+            [*CLI, "--root", str(root), "--config", str(config), "status", "--json"],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=30,
+        )
+        snap = json.loads(up.stdout)
+        assert snap["running"] is True and snap["gate"]["open"] is False
+        assert any("manual_control" in r for r in snap["gate"]["reasons"])
+    finally:
+        stop(proc)
+    after = subprocess.run(
+        [*CLI, "--root", str(root), "--config", str(config), "status"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=30,
+    )
+    assert "not running" in after.stdout
+
+
+def test_sighup_keeps_old_config_when_new_is_bad(tmp_path, base_checkpoint):
+    root, config = make_root(tmp_path, base=base_checkpoint)
+    proc = start_daemon(root, config)
+    log = root / "daemon.log"
+    try:
+        wait_until(lambda: status(root).get("pid"), 30, "start", log)
+        config.write_text("job: {max_steps: -5}\n")
+        proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reload_refused" in log.read_text(), 10, "reload refused", log)
+        assert "job.max_steps: must be > 0" in log.read_text()
+        assert proc.poll() is None
+        assert stop(proc) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -1,0 +1,291 @@
+"""Folder discovery, completeness, the rescan into the ledger, and `continuon-trainer validate`
+as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from daemon.ingest import EntryStat, discover, is_complete, scan
+from daemon.ledger import Ledger, split_for
+from tests.conftest import REPO
+from tests.rlds_writers import step, write_a, write_b, write_tfrecord
+from trainer_core.config import IngestConfig
+
+LIMITS = IngestConfig(settle_s=5.0)
+LATER = 2_000_000_000.0  # far after every mtime
+
+
+@pytest.fixture
+def ledger(tmp_path: Path):
+    with Ledger.open(tmp_path / "state" / "ledger.sqlite3") as led:
+        yield led
+
+
+def _folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "episodes"
+    folder.mkdir()
+    return folder
+
+
+def _status(ledger: Ledger) -> dict[str, str]:
+    return {Path(p).name: e.status for p, e in ledger.known().items()}
+
+
+@pytest.mark.parametrize(
+    ("has_marker", "age_s", "settle_s", "complete"),
+    [
+        (False, 10.0, 5.0, True),
+        (False, 5.0, 5.0, True),
+        (False, 4.9, 5.0, False),
+        (True, 0.0, 5.0, True),
+        (False, 0.0, 0.0, True),
+        (False, -3.0, 5.0, False),  # mtime in the future: not settled
+    ],
+)
+def test_completeness_rule(has_marker: bool, age_s: float, settle_s: float, complete: bool) -> None:
+    stat = EntryStat("sig", newest_mtime=100.0, has_marker=has_marker, files=[])
+    assert is_complete(stat, settle_s, now=100.0 + age_s) is complete
+
+
+def test_discover_picks_episodes_and_ignores_the_rest(tmp_path: Path) -> None:
+    folder = _folder(tmp_path)
+    write_a(folder, "a1", [step(0)])
+    write_b(folder, "b1.json", {"metadata": {}, "steps": [step(0)]})
+    write_tfrecord(folder, "t1.tfrecord")
+    (folder / "t2.tfrecord.gz").write_bytes(b"")
+    (folder / "shard.tfrecord-00000-of-00002").write_bytes(b"")
+    for ignored in (
+        ".hidden",
+        ".x.json",
+        "b2.json.tmp",
+        "b3.json~",
+        "README.md",
+        "features.json",
+        "notes.txt",
+    ):
+        (folder / ignored).write_text("x")
+    (folder / ".staging").mkdir()
+    names = [p.name for p in discover(folder)]
+    assert names == [
+        "a1",
+        "b1.json",
+        "shard.tfrecord-00000-of-00002",
+        "t1.tfrecord",
+        "t2.tfrecord.gz",
+    ]
+
+
+def test_scan_is_idempotent_and_does_not_reread_unchanged(tmp_path: Path, ledger: Ledger) -> None:
+    folder = _folder(tmp_path)
+    for i in range(3):
+        write_a(folder, f"ep{i}", [step(0), step(1)])
+    write_tfrecord(folder, "tf.tfrecord")
+    first = scan(folder, ledger, LIMITS, 0.25, LATER)
+    assert (first.new, first.valid, first.rejected, first.unchanged) == (4, 4, 0, 0)
+    before = ledger.known()
+    second = scan(folder, ledger, LIMITS, 0.25, LATER + 1)
+    assert (second.new, second.changed, second.unchanged, second.valid) == (0, 0, 4, 0)
+    assert ledger.known() == before
+    # Same size and mtime but different bytes: the signature matches, so it is not re-read
+    # (proof that unchanged episodes cost a stat, not a parse).
+    shard = folder / "ep0" / "steps" / "000000.jsonl"
+    st = shard.stat()
+    shard.write_bytes(b"X" * st.st_size)
+    os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))
+    third = scan(folder, ledger, LIMITS, 0.25, LATER + 2)
+    assert third.unchanged == 4 and _status(ledger)["ep0"] == "valid"
+
+
+def test_changed_episode_is_revalidated(tmp_path: Path, ledger: Ledger) -> None:
+    folder = _folder(tmp_path)
+    write_a(folder, "ep", [step(0), step(1)])
+    scan(folder, ledger, LIMITS, 0.25, LATER)
+    hash_before = ledger.known()[str(folder / "ep")].content_hash
+    shard = folder / "ep" / "steps" / "000000.jsonl"
+    # Only the mtime changes: re-hashed, same bytes, verdict kept.
+    os.utime(shard, (1_000, 1_000))
+    report = scan(folder, ledger, LIMITS, 0.25, LATER)
+    assert (report.changed, report.unchanged, report.valid) == (1, 1, 0)
+    # Different bytes: re-read and now rejected, with the reason.
+    with shard.open("a") as f:
+        f.write(json.dumps(step(2, [1.0, 2.0, 3.0])) + "\n")
+    report = scan(folder, ledger, LIMITS, 0.25, LATER)
+    assert (report.changed, report.rejected) == (1, 1)
+    assert "line 3: action.command: has 3 values" in report.rejections[0][1]
+    row = ledger.known()[str(folder / "ep")]
+    assert row.status == "rejected" and row.content_hash != hash_before
+    # Fixed again: valid again.
+    write_a(folder, "ep", [step(0), step(1), step(2)])
+    assert scan(folder, ledger, LIMITS, 0.25, LATER).valid == 1
+    assert _status(ledger)["ep"] == "valid"
+
+
+def test_gone_keeps_the_row_and_a_return_is_new(tmp_path: Path, ledger: Ledger) -> None:
+    folder = _folder(tmp_path)
+    write_a(folder, "stay", [step(0)])
+    write_b(folder, "leave.json", {"metadata": {}, "steps": [step(0)]})
+    scan(folder, ledger, LIMITS, 0.25, LATER)
+    moved = tmp_path / "leave.json"
+    shutil.move(folder / "leave.json", moved)
+    report = scan(folder, ledger, LIMITS, 0.25, LATER)
+    assert report.gone == 1
+    assert _status(ledger) == {"stay": "valid", "leave.json": "gone"}
+    assert ledger.counts()["gone"] == 1
+    shutil.move(moved, folder / "leave.json")
+    report = scan(folder, ledger, LIMITS, 0.25, LATER)
+    assert (report.new, report.valid) == (1, 1)
+    assert _status(ledger)["leave.json"] == "valid"
+
+
+def test_incomplete_entries_wait_for_settle_or_marker(tmp_path: Path, ledger: Ledger) -> None:
+    folder = _folder(tmp_path)
+    d = write_a(folder, "fresh", [step(0)])
+    newest = max(p.stat().st_mtime for p in [d, *d.rglob("*")])
+    report = scan(folder, ledger, LIMITS, 0.25, now=newest + 1.0)
+    assert (report.pending, report.new) == (1, 0)
+    assert ledger.known() == {}
+    (d / "COMPLETE").write_text("")
+    report = scan(folder, ledger, LIMITS, 0.25, now=newest + 1.0)
+    assert (report.pending, report.valid) == (0, 1)
+    # A file episode has no marker: it is read once it settled.
+    write_b(folder, "b.json", {"metadata": {}, "steps": [step(0)]})
+    mtime = (folder / "b.json").stat().st_mtime
+    assert scan(folder, ledger, LIMITS, 0.25, now=mtime + 1.0).pending == 1
+    assert scan(folder, ledger, LIMITS, 0.25, now=mtime + 5.0).valid == 1
+
+
+def test_splits_are_stable_across_rescans_and_reopen(tmp_path: Path) -> None:
+    folder = _folder(tmp_path)
+    for i in range(12):
+        write_a(folder, f"ep{i:02d}", [step(0)])
+    db = tmp_path / "l.sqlite3"
+    with Ledger.open(db) as ledger:
+        scan(folder, ledger, LIMITS, 0.25, LATER)
+        first = {r.episode_id: "train" for r in ledger.valid_episodes("train")}
+        first |= {r.episode_id: "eval" for r in ledger.valid_episodes("eval")}
+    assert first == {f"ep{i:02d}": split_for(f"ep{i:02d}", 0.25) for i in range(12)}
+    with Ledger.open(db) as ledger:
+        scan(folder, ledger, LIMITS, 0.25, LATER + 10)
+        again = {r.episode_id: "eval" for r in ledger.valid_episodes("eval")}
+    assert again == {k: v for k, v in first.items() if v == "eval"}
+
+
+def test_copies_and_inside_symlinks(tmp_path: Path, ledger: Ledger) -> None:
+    folder = _folder(tmp_path)
+    write_a(folder, "orig", [step(0)], metadata={"episode_id": "same"})
+    shutil.copytree(folder / "orig", folder / "x_copy")
+    (folder / "sub").mkdir()  # not an episode: rejected with a reason, never ignored silently
+    write_a(folder / ".store", "kept", [step(0), step(1)])  # hidden: not scanned itself
+    os.symlink(folder / ".store" / "kept", folder / "linked")
+    report = scan(folder, ledger, LIMITS, 0.25, LATER)
+    reasons = dict(report.rejections)
+    assert reasons[str(folder / "x_copy")] == f"same content as {folder / 'orig'} (duplicate)"
+    assert reasons[str(folder / "sub")] == "metadata.json: missing"
+    assert _status(ledger) == {
+        "linked": "valid",
+        "orig": "valid",
+        "sub": "rejected",
+        "x_copy": "rejected",
+    }
+
+
+def test_unlistable_folder_reports_and_marks_nothing_gone(tmp_path: Path, ledger: Ledger) -> None:
+    folder = _folder(tmp_path)
+    write_a(folder, "ep", [step(0)])
+    scan(folder, ledger, LIMITS, 0.25, LATER)
+    folder.rename(tmp_path / "elsewhere")
+    report = scan(folder, ledger, LIMITS, 0.25, LATER)
+    assert report.error is not None and "cannot list the episodes folder" in report.error
+    assert _status(ledger) == {"ep": "valid"}
+
+
+# -- continuon-trainer validate -------------------------------------------------------------------
+
+CLI = REPO / ".venv" / "bin" / "continuon-trainer"
+
+
+def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "CONTINUON_TRAINER_ROOT"}
+    return subprocess.run(
+        [str(CLI), "validate", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.skipif(not CLI.exists(), reason="console script not installed in .venv")
+def test_validate_cli_exit_codes_and_lines(samples: Path, tmp_path: Path) -> None:
+    ok = _run(
+        str(samples / "episodes"),
+        str(samples / "tfrecord_raw" / "sample_pi5_mock.tfrecord"),
+        cwd=tmp_path,
+    )
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    lines = ok.stdout.splitlines()
+    assert f"OK {samples / 'episodes' / 'pi5_follow_synthetic.json'} (5 steps, layout B)" in lines
+    assert f"OK {samples / 'episodes' / 'stack_boxes_vr'} (1 steps, layout C)" in lines
+    raw = samples / "tfrecord_raw" / "sample_pi5_mock.tfrecord"
+    assert lines[-1] == f"OK {raw} (2 steps, layout D)"
+    assert len(lines) == 6
+    bad = _run(str(samples / "tfrecord"), cwd=tmp_path)
+    assert bad.returncode == 1
+    assert len(bad.stdout.splitlines()) == 3
+    assert all(
+        line.startswith("REJECTED ") and "corrupt gzip file" in line
+        for line in bad.stdout.splitlines()
+    )
+    assert "Traceback" not in bad.stderr
+
+
+@pytest.mark.skipif(not CLI.exists(), reason="console script not installed in .venv")
+def test_validate_cli_json(samples: Path, tmp_path: Path) -> None:
+    folder = _folder(tmp_path)
+    write_a(folder, "good", [step(0), step(1)])
+    write_a(folder, "bad", [step(0), step(1, [0.1, "NaN"])])
+    res = _run("--json", str(folder), str(tmp_path / "missing.json"), cwd=tmp_path)
+    assert res.returncode == 1
+    out = {Path(r["path"]).name: r for r in json.loads(res.stdout)}
+    assert out["good"] == {
+        "path": str(folder / "good"),
+        "ok": True,
+        "episode_id": "good",
+        "steps": 2,
+        "layout": "A",
+    }
+    assert out["bad"]["reason"] == (
+        'steps/000000.jsonl: line 2: action.command[1]: not a finite number (got "NaN")'
+    )
+    assert out["missing.json"] == {
+        "path": str(tmp_path / "missing.json"),
+        "ok": False,
+        "reason": "does not exist",
+    }
+    assert sys.executable  # the CLI ran in its own interpreter, not this one
+
+
+def test_content_hash_names_the_content(tmp_path: Path) -> None:
+    from trainer_core.rlds import content_hash
+
+    d = write_a(tmp_path, "ep", [step(0), step(1)])
+    base = content_hash(d)
+    shutil.copytree(d, tmp_path / "copy")
+    assert content_hash(tmp_path / "copy") == base
+    (d / "COMPLETE").write_text("")
+    (d / "steps" / ".000001.jsonl.tmp").write_text("partial")
+    assert content_hash(d) == base
+    (d / "blobs").mkdir()
+    (d / "blobs" / "frame.jpg").write_bytes(b"\xff\xd8")
+    assert content_hash(d) != base
+    f = write_b(tmp_path, "a.json", {"metadata": {}, "steps": [step(0)]})
+    shutil.copy(f, tmp_path / "b.json")
+    assert content_hash(f) == content_hash(tmp_path / "b.json")

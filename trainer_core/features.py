@@ -1,0 +1,290 @@
+"""Steps -> named observation/action arrays, and the normaliser that travels with an adapter.
+
+Numpy only (no torch): the daemon may use it to check episodes. A feature that is missing,
+non-numeric or the wrong length raises :class:`FeatureError` naming the episode, step and path,
+so the job can skip that episode with a precise reason instead of crashing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainer_core.config import FeatureGroup, FeaturesConfig, IngestConfig
+from trainer_core.episode import Episode
+from trainer_core.fsio import atomic_write_json
+
+STD_FLOOR = 1e-3  # a constant feature must not blow up to inf after normalisation
+_MISSING = object()
+
+
+class FeatureError(ValueError):
+    """An episode whose features cannot be extracted; the message says where and why."""
+
+
+def resolve(mapping: Any, path: str) -> Any:
+    """Walk a dotted path through nested dicts (and list indices); ``_MISSING`` if absent."""
+    node = mapping
+    for part in path.split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return _MISSING
+    return node
+
+
+def to_number(value: Any) -> float:
+    """A finite float from a number or a numeric string (continuonos' step_metadata)."""
+    if isinstance(value, bool):
+        raise ValueError(f"is a boolean ({value!r}), not a number")
+    if isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise ValueError(f"is the string {value!r}, not a number") from None
+    else:
+        raise ValueError(f"is a {type(value).__name__}, not a number")
+    if not math.isfinite(number):
+        raise ValueError(f"is not finite ({value!r})")
+    return number
+
+
+def group_values(step_map: dict[str, Any], group: FeatureGroup) -> list[float]:
+    """The values of one feature group in one step; raises ValueError saying what is wrong."""
+    value = resolve(step_map, group.path)
+    if value is _MISSING:
+        raise ValueError("is missing")
+    values = value if isinstance(value, list) else [value]
+    if len(values) != len(group.names):
+        raise ValueError(f"has {len(values)} values, expected {len(group.names)} {group.names}")
+    return [to_number(v) for v in values]
+
+
+@dataclass
+class EpisodeArrays:
+    """One or more episodes as aligned arrays (rows = steps)."""
+
+    obs: np.ndarray  # (T, O) float32, raw units
+    act: np.ndarray  # (T, A) float32, raw units
+    proximity: np.ndarray  # (T,) float32 metres, NaN where the step does not say
+    episode_start: np.ndarray  # (T,) bool, True on each episode's first step
+
+    def __len__(self) -> int:
+        return len(self.obs)
+
+
+def _groups_row(
+    step_map: dict[str, Any], groups: Sequence[FeatureGroup], where: str
+) -> list[float]:
+    row: list[float] = []
+    for group in groups:
+        try:
+            row.extend(group_values(step_map, group))
+        except ValueError as exc:
+            raise FeatureError(f"{where}: {group.path} {exc}") from None
+    return row
+
+
+def _proximity(step_map: dict[str, Any], path: str | None) -> float:
+    if path is None:
+        return math.nan
+    value = resolve(step_map, path)
+    if value is _MISSING:
+        return math.nan
+    try:
+        return to_number(value)
+    except ValueError:
+        return math.nan
+
+
+def episode_arrays(
+    episode: Episode, features: FeaturesConfig, proximity_path: str | None = None
+) -> EpisodeArrays:
+    """Extract one episode. Raises :class:`FeatureError` (episode, step, path) on bad input."""
+    if not episode.steps:
+        raise FeatureError(f"episode {episode.episode_id} ({episode.source}): has no steps")
+    obs, act, prox = [], [], []
+    for i, step in enumerate(episode.steps):
+        where = f"episode {episode.episode_id} ({episode.source}) step {i}"
+        step_map = step.as_mapping()
+        obs.append(_groups_row(step_map, features.observation, where))
+        act.append(_groups_row(step_map, features.action, where))
+        prox.append(_proximity(step_map, proximity_path))
+    start = np.zeros(len(obs), dtype=bool)
+    start[0] = True
+    return EpisodeArrays(
+        obs=np.asarray(obs, dtype=np.float32),
+        act=np.asarray(act, dtype=np.float32),
+        proximity=np.asarray(prox, dtype=np.float32),
+        episode_start=start,
+    )
+
+
+def concat(parts: Sequence[EpisodeArrays], n_obs: int, n_act: int) -> EpisodeArrays:
+    """Stack episodes in order; an empty list gives empty arrays of the right width."""
+    if not parts:
+        return EpisodeArrays(
+            obs=np.zeros((0, n_obs), np.float32),
+            act=np.zeros((0, n_act), np.float32),
+            proximity=np.zeros(0, np.float32),
+            episode_start=np.zeros(0, bool),
+        )
+    return EpisodeArrays(
+        obs=np.concatenate([p.obs for p in parts]),
+        act=np.concatenate([p.act for p in parts]),
+        proximity=np.concatenate([p.proximity for p in parts]),
+        episode_start=np.concatenate([p.episode_start for p in parts]),
+    )
+
+
+@dataclass
+class Normalizer:
+    """Per-name mean/std of observations and actions (from a training split)."""
+
+    obs_names: list[str]
+    act_names: list[str]
+    obs_mean: np.ndarray
+    obs_std: np.ndarray
+    act_mean: np.ndarray
+    act_std: np.ndarray
+
+    @classmethod
+    def fit(
+        cls,
+        data: EpisodeArrays,
+        obs_names: list[str],
+        act_names: list[str],
+        std_floor: float = STD_FLOOR,
+    ) -> Normalizer:
+        """Statistics of ``data``; std is floored so constant features stay finite."""
+        if len(data) == 0:
+            raise ValueError("cannot fit a normaliser on zero steps")
+        obs, act = data.obs.astype(np.float64), data.act.astype(np.float64)
+        return cls(
+            obs_names=list(obs_names),
+            act_names=list(act_names),
+            obs_mean=obs.mean(0).astype(np.float32),
+            obs_std=np.maximum(obs.std(0), std_floor).astype(np.float32),
+            act_mean=act.mean(0).astype(np.float32),
+            act_std=np.maximum(act.std(0), std_floor).astype(np.float32),
+        )
+
+    def norm_obs(self, obs: np.ndarray) -> np.ndarray:
+        return ((obs - self.obs_mean) / self.obs_std).astype(np.float32)
+
+    def norm_act(self, act: np.ndarray) -> np.ndarray:
+        return ((act - self.act_mean) / self.act_std).astype(np.float32)
+
+    def denorm_act(self, act: np.ndarray) -> np.ndarray:
+        return (act * self.act_std + self.act_mean).astype(np.float32)
+
+    def to_json(self) -> dict[str, Any]:
+        """Per-name statistics, readable by a person and by the robot runtime."""
+        return {
+            "observation": {
+                n: {"mean": float(m), "std": float(s)}
+                for n, m, s in zip(self.obs_names, self.obs_mean, self.obs_std, strict=True)
+            },
+            "action": {
+                n: {"mean": float(m), "std": float(s)}
+                for n, m, s in zip(self.act_names, self.act_mean, self.act_std, strict=True)
+            },
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Normalizer:
+        """Inverse of :meth:`to_json`; raises ValueError on a malformed or non-positive std."""
+        try:
+            obs, act = obj["observation"], obj["action"]
+            arrays = [
+                np.array([float(v[k]) for v in side.values()], dtype=np.float32)
+                for side in (obs, act)
+                for k in ("mean", "std")
+            ]
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"malformed normaliser: {exc!r}") from None
+        if (
+            any(not np.all(np.isfinite(a)) for a in arrays)
+            or (arrays[1] <= 0).any()
+            or (arrays[3] <= 0).any()
+        ):
+            raise ValueError("normaliser has non-finite values or a std <= 0")
+        return cls(list(obs), list(act), arrays[0], arrays[1], arrays[2], arrays[3])
+
+    def save(self, path: Path) -> None:
+        atomic_write_json(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: Path) -> Normalizer:
+        return cls.from_json(json.loads(Path(path).read_text()))
+
+
+def episode_hash(path: Path) -> str:
+    """sha256 of an episode's content: a file's bytes, or a directory's files (sorted relative
+    paths and bytes; dot-files excluded), so a changed episode gets a new hash."""
+    path = Path(path)
+    h = hashlib.sha256()
+    files = (
+        [path]
+        if path.is_file()
+        else sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        )
+    )
+    for f in files:
+        rel = f.name if f == path else f.relative_to(path).as_posix()
+        h.update(rel.encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+@dataclass
+class Split:
+    """The usable episodes of a split as arrays, with what was skipped and why."""
+
+    arrays: EpisodeArrays
+    paths: list[Path]
+    hashes: list[str]
+    skipped: dict[str, str]  # episode path -> reason
+
+
+def read_split(
+    paths: Sequence[Path],
+    features: FeaturesConfig,
+    limits: IngestConfig,
+    proximity_path: str | None = None,
+) -> Split:
+    """Read and extract every episode in ``paths`` (in order); skip bad ones with a reason."""
+    from trainer_core.rlds import EpisodeError, read_episode
+
+    parts: list[EpisodeArrays] = []
+    used: list[Path] = []
+    hashes: list[str] = []
+    skipped: dict[str, str] = {}
+    for path in paths:
+        try:
+            episode = read_episode(Path(path), limits)
+            parts.append(episode_arrays(episode, features, proximity_path))
+            hashes.append(episode_hash(path))
+        except (EpisodeError, FeatureError, OSError) as exc:
+            skipped[str(path)] = str(exc)
+            continue
+        used.append(Path(path))
+    arrays = concat(parts, len(features.observation_names), len(features.action_names))
+    return Split(arrays=arrays, paths=used, hashes=hashes, skipped=skipped)

@@ -1,0 +1,364 @@
+"""The job child: ``python -m trainer_core.job <run_dir>/spec.json``.
+
+One bounded, preemptible run: read the train split, load and verify the base, attach LoRA,
+resume if an earlier checkpoint fits, train within the budgets, replay the held-out split
+through baseline and candidate (shadow evaluation), stage the candidate, write ``result.json``
+atomically, exit with an :class:`~trainer_core.spec.ExitCode`. Progress is JSON lines on stdout.
+
+SIGTERM before training starts aborts at once (nothing to save); during training it sets a flag
+the loop checks after every step, then a resume checkpoint is written; during evaluation the
+flag is checked between chunks and the training state is checkpointed. Torch is imported only
+after the signal handler is in place, so even a slow start-up can be preempted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import shutil
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from trainer_core.fsio import atomic_write_json, fsync_dir, fsync_tree
+from trainer_core.spec import (
+    CANDIDATE_DIR,
+    CHECKPOINT_DIR,
+    RESULT_FILE,
+    ExitCode,
+    JobResult,
+    JobSpec,
+)
+
+EXIT_FOR_STATUS = {
+    "done": ExitCode.DONE,
+    "budget": ExitCode.BUDGET,
+    "preempted": ExitCode.PREEMPTED,
+    "invalid": ExitCode.INVALID,
+    "crashed": ExitCode.CRASHED,
+}
+
+
+class InvalidJob(Exception):
+    """The spec, base or data cannot make a job; retrying the same input will not help."""
+
+
+class PreemptedNow(BaseException):
+    """SIGTERM before training began: unwind at once (BaseException so nothing swallows it)."""
+
+
+class Preemption:
+    """SIGTERM/SIGINT handling that depends on the phase: abort during start-up, flag later."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.abort_immediately = True
+
+    def handler(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        if self.abort_immediately:
+            raise PreemptedNow
+
+    def __call__(self) -> bool:
+        return self.requested
+
+
+def emit(event: dict[str, Any]) -> None:
+    """One JSON progress line on stdout; a vanished reader must not crash the job."""
+    with contextlib.suppress(BrokenPipeError, OSError, ValueError):
+        print(json.dumps(event), flush=True)
+
+
+def _stage_dir(run_dir: Path, name: str) -> Path:
+    staging = run_dir / f".{name}.staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def _publish(staging: Path, target: Path) -> None:
+    """Rename a fully written, fsynced staging tree into place (a reader sees all or nothing)."""
+    for f in staging.iterdir():
+        f.chmod(0o644)  # peft writes its weights 0600; the robot runtime must read them
+    fsync_tree(staging)
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+    fsync_dir(target.parent)
+
+
+def run(spec: JobSpec, result: JobResult, t0: float, preempt: Preemption) -> None:
+    """The whole job; fills ``result`` as it goes (so a crash still reports what happened)."""
+    # Imported here, after the SIGTERM handler exists: torch and peft take seconds to import.
+    import random
+
+    import numpy as np
+    import torch
+
+    from trainer_core import checkpoint as ckpt_mod
+    from trainer_core.base import BaseError, load_base
+    from trainer_core.evaluate import EvalInterrupted, Policy, shadow_eval
+    from trainer_core.features import Normalizer, read_split
+    from trainer_core.lora import (
+        LoraError,
+        attach_lora,
+        load_adapter,
+        load_lora_state,
+        lora_state,
+        save_adapter,
+        trainable_parameters,
+    )
+    from trainer_core.train import Budget, LoopState, make_optimizer, peak_rss_mb, train_loop
+
+    job = spec.job
+    torch.set_num_threads(job.threads)
+    device = torch.device(
+        "cuda"
+        if job.device == "cuda" or (job.device == "auto" and torch.cuda.is_available())
+        else "cpu"
+    )
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidJob("job.device is cuda but torch sees no CUDA device")
+    result.device = device.type
+    random.seed(job.seed)
+    np.random.seed(job.seed)
+    torch.manual_seed(job.seed)
+
+    # --- data -------------------------------------------------------------------------------
+    emit({"event": "phase", "phase": "load"})
+    train = read_split(spec.train_episodes, spec.features, spec.ingest, spec.safety.proximity_path)
+    result.skipped.update(train.skipped)
+    if len(train.arrays) == 0:
+        first = "; ".join(f"{p}: {r}" for p, r in list(train.skipped.items())[:3])
+        raise InvalidJob(
+            f"no usable train episodes ({len(spec.train_episodes)} given"
+            + (f"; {first}" if first else "")
+            + ")"
+        )
+    result.train_episodes = len(train.paths)
+    result.train_samples = len(train.arrays)
+    result.episode_hashes = train.hashes
+    obs_names, act_names = spec.features.observation_names, spec.features.action_names
+    normalizer = Normalizer.fit(train.arrays, obs_names, act_names)
+
+    # --- models -----------------------------------------------------------------------------
+    try:
+        base = load_base(spec.base_path, spec.policy, spec.features)
+        model = attach_lora(base.model, spec.lora).to(device)
+        if spec.baseline_adapter is not None:
+            baseline_model, baseline_norm, _ = load_adapter(
+                load_base(spec.base_path, spec.policy, spec.features).model,
+                spec.baseline_adapter,
+                base.sha256,
+            )
+            baseline = Policy(baseline_model.to(device), baseline_norm)
+            baseline_kind = f"adapter:{spec.baseline_id or spec.baseline_adapter.name}"
+        else:
+            baseline = Policy(
+                load_base(spec.base_path, spec.policy, spec.features).model, base.normalizer
+            )
+            baseline.model.to(device)
+            baseline_kind = "base"
+    except (BaseError, LoraError) as exc:
+        raise InvalidJob(str(exc)) from None
+    optimizer = make_optimizer(trainable_parameters(model), job)
+    state = LoopState()
+
+    # --- resume -----------------------------------------------------------------------------
+    fp = ckpt_mod.fingerprint(spec, train.hashes, base.sha256)
+    if spec.resume_from is not None:
+        # A checkpoint that fails half-way through being applied must leave no trace.
+        fresh = (lora_state(model), torch.get_rng_state(), np.random.get_state(), random.getstate())
+        try:
+            ckpt = ckpt_mod.load_checkpoint(spec.resume_from, fp)
+            load_lora_state(model, {k: v.to(device) for k, v in ckpt.lora.items()})
+            optimizer.load_state_dict(ckpt.optimizer)
+            ckpt_mod.restore_rng(ckpt)
+            state = ckpt.state
+            result.resumed_from_step = state.step
+            result.notes.append(f"resumed from {spec.resume_from} at step {state.step}")
+        except (ckpt_mod.CheckpointError, LoraError, ValueError, KeyError, RuntimeError) as exc:
+            load_lora_state(model, {k: v.to(device) for k, v in fresh[0].items()})
+            optimizer = make_optimizer(trainable_parameters(model), job)
+            torch.set_rng_state(fresh[1])
+            np.random.set_state(fresh[2])
+            random.setstate(fresh[3])
+            result.notes.append(f"resume checkpoint discarded: {exc}")
+
+    x = torch.from_numpy(normalizer.norm_obs(train.arrays.obs)).to(device)
+    y = torch.from_numpy(normalizer.norm_act(train.arrays.act)).to(device)
+
+    # --- train ------------------------------------------------------------------------------
+    preempt.abort_immediately = False
+    if preempt.requested:  # arrived between the last check and here
+        raise PreemptedNow
+    emit({"event": "phase", "phase": "train"})
+    t_train = time.monotonic()
+    result.timings["startup_s"] = round(t_train - t0, 3)
+    budget = Budget(job, t0, preempt)
+    stop = train_loop(model, optimizer, x, y, job, state, budget, emit, bf16=job.bf16)
+    result.timings["train_s"] = round(time.monotonic() - t_train, 3)
+    result.timings["max_step_s"] = round(budget.max_step_s, 4)
+    if budget.stopped_at_s is not None:
+        result.timings["stopped_at_s"] = round(budget.stopped_at_s, 3)
+    result.steps = state.step
+    result.losses = state.losses
+    result.loss_first = state.loss_first
+    result.loss_last = state.losses[-1] if state.losses else None
+
+    def save_resume_checkpoint() -> None:
+        target = spec.run_dir / CHECKPOINT_DIR
+        ckpt_mod.save_checkpoint(target, lora_state(model), optimizer, state, fp)
+        result.checkpoint_path = target
+        emit({"event": "checkpoint", "step": state.step, "path": str(target)})
+
+    if stop is not None and stop.kind == "preempted":
+        save_resume_checkpoint()
+        result.status, result.reason = "preempted", stop.reason
+        return
+    result.status = "budget" if stop is not None else "done"
+    result.reason = stop.reason if stop is not None else ""
+    if state.step == 0:
+        result.reason += "; no step ran, no candidate"
+        return
+
+    # --- shadow evaluation -----------------------------------------------------------------
+    emit({"event": "phase", "phase": "eval"})
+    t_eval = time.monotonic()
+    evals = read_split(spec.eval_episodes, spec.features, spec.ingest, spec.safety.proximity_path)
+    result.skipped.update(evals.skipped)
+    try:
+        metrics = shadow_eval(
+            evals.arrays,
+            len(evals.paths),
+            baseline,
+            baseline_kind,
+            Policy(model, normalizer),
+            base.normalizer,
+            spec.safety,
+            device,
+            preempt,
+        )
+    except EvalInterrupted:
+        save_resume_checkpoint()
+        result.status, result.reason = "preempted", "preempted by SIGTERM during evaluation"
+        return
+    result.metrics = metrics
+    result.timings["eval_s"] = round(time.monotonic() - t_eval, 3)
+
+    # --- candidate --------------------------------------------------------------------------
+    staging = _stage_dir(spec.run_dir, CANDIDATE_DIR)
+    card = {
+        "kind": "continuon-lora-adapter",
+        "run_id": spec.run_id,
+        "created_unix": time.time(),
+        "base_path": str(spec.base_path),
+        "base_sha256": base.sha256,
+        "policy": spec.policy.model_dump(mode="json"),
+        "features": spec.features.model_dump(mode="json"),
+        "lora": spec.lora.model_dump(mode="json"),
+        "job": job.model_dump(mode="json"),
+        "episode_hashes": train.hashes,
+        "train_samples": len(train.arrays),
+        "steps": state.step,
+        "status": result.status,
+        "loss_first": result.loss_first,
+        "loss_last": result.loss_last,
+        "metrics": metrics.model_dump(mode="json"),
+        "timings": dict(result.timings),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "device": device.type,
+    }
+    save_adapter(model, staging, normalizer, card)
+    target = spec.run_dir / CANDIDATE_DIR
+    _publish(staging, target)
+    result.candidate_path = target
+
+
+def _write_result(run_dir: Path, result: JobResult) -> None:
+    try:
+        atomic_write_json(run_dir / RESULT_FILE, result.model_dump(mode="json"))
+    except ValueError:  # a NaN somewhere: report the failure rather than no result at all
+        result.metrics = None
+        result.status = "crashed"
+        result.reason = f"result not JSON-safe (non-finite number); was: {result.reason}"
+        atomic_write_json(run_dir / RESULT_FILE, result.model_dump(mode="json"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code (also written into nothing else: see result.json)."""
+    t0 = time.monotonic()
+    preempt = Preemption()
+    previous = {s: signal.signal(s, preempt.handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return _main(argv, t0, preempt)
+    finally:
+        for sig, handler in previous.items():  # matters only when called in-process (tests)
+            signal.signal(sig, handler)
+
+
+def _main(argv: list[str] | None, t0: float, preempt: Preemption) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m trainer_core.job <run_dir>/spec.json", file=sys.stderr)
+        return int(ExitCode.INVALID)
+    spec_path = Path(args[0]).resolve()
+    run_dir = spec_path.parent
+    result = JobResult(run_id=run_dir.name, status="crashed")
+    spec: JobSpec | None = None
+    try:
+        try:
+            spec = JobSpec.model_validate_json(spec_path.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise InvalidJob(f"spec {spec_path} unusable: {exc}") from None
+        finally:
+            emit(
+                {
+                    "event": "started",
+                    "pid": os.getpid(),
+                    "max_steps": spec.job.max_steps if spec else None,
+                }
+            )
+        result.run_id = spec.run_id
+        run_dir = spec.run_dir
+        run(spec, result, t0, preempt)
+    except PreemptedNow:
+        result.status, result.reason = "preempted", "preempted by SIGTERM before training began"
+        if spec is not None and spec.resume_from is not None and spec.resume_from.is_dir():
+            result.checkpoint_path = spec.resume_from  # still the one to resume from
+    except InvalidJob as exc:
+        result.status, result.reason = "invalid", str(exc)
+    except Exception as exc:
+        result.status = "crashed"
+        result.reason = f"{type(exc).__name__}: {exc}"
+        traceback.print_exc(file=sys.stderr)
+    # No more aborting: the result must be written whatever arrives now.
+    preempt.abort_immediately = False
+    result.peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
+    result.timings["total_s"] = round(time.monotonic() - t0, 3)
+    if result.status in ("invalid", "crashed", "preempted"):
+        result.candidate_path = None
+    _write_result(run_dir, result)
+    emit(
+        {
+            "event": "finished",
+            "status": result.status,
+            "steps": result.steps,
+            "reason": result.reason,
+        }
+    )
+    return int(EXIT_FOR_STATUS[result.status])
+
+
+if __name__ == "__main__":
+    exit_code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Everything is written and fsynced; skip interpreter teardown, which with torch, peft and
+    # transformers loaded takes seconds and would break the one-second preemption promise.
+    os._exit(exit_code)
