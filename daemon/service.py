@@ -91,7 +91,7 @@ class Service:
         self.stop_requested = False
         self._reload_requested = False
         self._stalled = False
-        self._last_rescan = float("-inf")
+        self._next_rescan = float("-inf")
         self._last_status_write = float("-inf")
         self._last_status_key: tuple[Any, ...] | None = None
         self._cooldown_until = 0.0
@@ -196,7 +196,7 @@ class Service:
         if self._reload_requested:
             self.reload()
         now = self._monotonic()
-        if changed or now - self._last_rescan >= self.cfg.service.rescan_interval_s:
+        if changed or now >= self._next_rescan:
             self.rescan()
         self.gate_decision = self.gate.poll()
         self._log_gate_change(self.gate_decision)

@@ -15,11 +15,11 @@ from trainer_core.features import (
     FeatureError,
     Normalizer,
     episode_arrays,
-    episode_hash,
     read_split,
     resolve,
     to_number,
 )
+from trainer_core.rlds import content_hash
 from trainer_core.synth import write_synthetic_episodes
 
 PROX = "step_metadata.human_distance_m"
@@ -139,5 +139,5 @@ def test_read_split_skips_bad_episodes_with_reasons(tmp_path: Path) -> None:
     assert len(split.arrays) == 20 and split.arrays.episode_start.sum() == 2
     assert "step 4" in split.skipped[str(bad)] and "human_distance_m" in split.skipped[str(bad)]
     assert str(missing) in split.skipped
-    assert split.hashes == [episode_hash(good[0]), episode_hash(good[1])]
-    assert episode_hash(bad) != episode_hash(good[0])
+    assert split.hashes == [content_hash(good[0]), content_hash(good[1])]
+    assert content_hash(bad) != content_hash(good[0])

@@ -7,7 +7,6 @@ so the job can skip that episode with a precise reason instead of crashing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ import numpy as np
 from trainer_core.config import FeatureGroup, FeaturesConfig, IngestConfig
 from trainer_core.episode import Episode
 from trainer_core.fsio import atomic_write_json
+from trainer_core.rlds import content_hash
 
 STD_FLOOR = 1e-3  # a constant feature must not blow up to inf after normalisation
 _MISSING = object()
@@ -230,30 +230,6 @@ class Normalizer:
         return cls.from_json(json.loads(Path(path).read_text()))
 
 
-def episode_hash(path: Path) -> str:
-    """sha256 of an episode's content: a file's bytes, or a directory's files (sorted relative
-    paths and bytes; dot-files excluded), so a changed episode gets a new hash."""
-    path = Path(path)
-    h = hashlib.sha256()
-    files = (
-        [path]
-        if path.is_file()
-        else sorted(
-            p
-            for p in path.rglob("*")
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
-        )
-    )
-    for f in files:
-        rel = f.name if f == path else f.relative_to(path).as_posix()
-        h.update(rel.encode() + b"\0")
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        h.update(b"\0")
-    return h.hexdigest()
-
-
 @dataclass
 class Split:
     """The usable episodes of a split as arrays, with what was skipped and why."""
@@ -281,7 +257,7 @@ def read_split(
         try:
             episode = read_episode(Path(path), limits)
             parts.append(episode_arrays(episode, features, proximity_path))
-            hashes.append(episode_hash(path))
+            hashes.append(content_hash(path))
         except (EpisodeError, FeatureError, OSError) as exc:
             skipped[str(path)] = str(exc)
             continue

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from trainer_core.fsio import fsync_dir, fsync_tree
+from trainer_core.rlds.hashing import COMPLETE_MARKER
 
 DT_S = 0.1
 WHEELBASE_M = 0.25
@@ -227,6 +228,7 @@ def write_synthetic_episodes(
         (staging / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
         lines = [json.dumps(_step(k, n_steps, row, t0_ms)) for k, row in enumerate(rows)]
         (staging / "steps" / "000000.jsonl").write_text("\n".join(lines) + "\n")
+        (staging / COMPLETE_MARKER).touch()  # a well-behaved producer: no settle wait needed
         fsync_tree(staging)
         staging.rename(final)
         fsync_dir(out)

@@ -1,0 +1,508 @@
+"""The reliability harness: a synthetic robot around the real daemon, kills and invariants.
+
+Shared by tests/test_reliability_*.py (reduced sizes, in ``make test``) and
+bench/bench_reliability.py / bench/bench_soak.py (full sizes). Everything is real: the daemon
+is ``python -m daemon.cli run`` in a subprocess, its job child a real torch process, episodes
+are synthetic RLDS files renamed into the watched folder, the gate is driven by the continuonos
+mode file, and faults are injected at the OS boundary (signals, a full tmpfs), never by
+patching our own functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from daemon.store import AdapterStore
+from tests.daemon_harness import (
+    cli,
+    group_alive,
+    make_root,
+    start_daemon,
+    status,
+    synth,
+    wait_until,
+    write_mode,
+)
+
+# Tiny jobs, quick retries: a whole cycle is a few seconds, dominated by the child's torch import.
+RELIABILITY_CONFIG: dict[str, Any] = {
+    "job": {"max_steps": 40, "max_episodes": 24, "grace_s": 2, "log_every_steps": 5},
+    "service": {"backoff_initial_s": 0.5, "backoff_max_s": 2, "keep_runs": 5},
+    "promotion": {"min_eval_steps": 10},
+}
+
+EPISODE_STEPS = "40"
+
+
+def make_base(work: Path) -> Path:
+    """A freshly initialised (untrained) base policy: LoRA on it improves fast, so it promotes."""
+    out = work / "base" / "policy.safetensors"
+    if not out.is_file():
+        cli(work, "base", "init", "--out", str(out))
+    return out
+
+
+def episode_entries(root: Path) -> list[Path]:
+    """Top-level, non-hidden entries of the watched folder (what the ledger should know)."""
+    folder = root / "rlds" / "episodes"
+    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def ledger_rows(root: Path) -> list[tuple[str, str, str | None, str | None]]:
+    """``(path, status, content_hash, reason)`` of every ledger row, read-only (daemon may run)."""
+    db = root / "state" / "ledger.sqlite3"
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        return list(conn.execute("SELECT path, status, content_hash, reason FROM episodes"))
+    finally:
+        conn.close()
+
+
+def job_processes(root: Path) -> list[int]:
+    """Pids of live job children working under ``root`` (their spec path is under it)."""
+    pids = []
+    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
+        try:
+            cmd = proc.info["cmdline"] or []
+            if proc.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+        except psutil.Error:
+            continue
+        if "trainer_core.job" in cmd and any(str(root) in part for part in cmd):
+            pids.append(proc.info["pid"])
+    return pids
+
+
+def job_pid(root: Path) -> int | None:
+    """The running child's pid from the daemon's pid file (``state/job.pid``)."""
+    try:
+        return int(json.loads((root / "state" / "job.pid").read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def rss_mb(pid: int) -> float:
+    return psutil.Process(pid).memory_info().rss / 2**20
+
+
+@dataclass
+class Robot:
+    """A robot root, its episode supply and the daemon subprocess."""
+
+    root: Path
+    config: Path
+    staging: Path
+    proc: subprocess.Popen[str] | None = None
+    dropped: int = 0
+    spawned: int = 0
+
+    @classmethod
+    def create(
+        cls,
+        work: Path,
+        base: Path,
+        episodes: int,
+        extra: dict[str, Any] | None = None,
+        seed: int = 5,
+    ) -> Robot:
+        """A root with ``episodes`` synthetic episodes staged (not yet in the watched folder)."""
+        from tests.daemon_harness import deep_merge
+
+        root, config = make_root(
+            work, extra=deep_merge(RELIABILITY_CONFIG, extra or {}), base=base, mode="idle"
+        )
+        staging = work / "staging"
+        synth(
+            root,
+            staging,
+            "--episodes",
+            str(episodes),
+            "--steps",
+            EPISODE_STEPS,
+            "--seed",
+            str(seed),
+            "--steering-bias",
+            "0.3",
+        )
+        return cls(root, config, staging)
+
+    @property
+    def log(self) -> Path:
+        return self.root / "daemon.log"
+
+    @property
+    def episodes(self) -> Path:
+        return self.root / "rlds" / "episodes"
+
+    def drop(self, n: int) -> int:
+        """Rename up to ``n`` staged episodes into the watched folder, as producers do."""
+        moved = 0
+        for entry in sorted(self.staging.iterdir())[:n]:
+            os.rename(entry, self.episodes / entry.name)
+            moved += 1
+        self.dropped += moved
+        return moved
+
+    def mode(self, mode: str) -> None:
+        write_mode(self.root, mode)
+
+    def start(self, **kwargs: Any) -> subprocess.Popen[str]:
+        self.proc = start_daemon(self.root, self.config, **kwargs)
+        self.spawned += 1
+        return self.proc
+
+    def wait_ready(self, timeout: float = 60) -> dict[str, Any]:
+        """Until the running daemon wrote its own status file (start-up, reap, clean done)."""
+        assert self.proc is not None
+        pid = self.proc.pid
+
+        def ready() -> dict[str, Any] | None:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode}: {self.tail()}")
+            snap = status(self.root)
+            return snap if snap.get("pid") == pid else None
+
+        return wait_until(ready, timeout, "the daemon's status", self.log)
+
+    def wait_job(self, timeout: float = 60) -> int:
+        """Until a job child runs; its pid."""
+        return wait_until(lambda: job_pid(self.root), timeout, "a job child", self.log)
+
+    def ensure_job(self, rounds: int = 6) -> int:
+        """Until a job child runs, dropping two more episodes whenever none starts for a while
+        (a promotion used up the new ones, or the held-out split took the last drop)."""
+        for _ in range(rounds):
+            try:
+                return wait_until(lambda: job_pid(self.root), 12, "a job child", self.log)
+            except AssertionError:
+                self.drop(2)
+        return self.wait_job()
+
+    def kill_daemon(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            raise
+
+    def tail(self, n: int = 3000) -> str:
+        return self.log.read_text()[-n:] if self.log.exists() else ""
+
+    def decisions(self) -> list[dict[str, Any]]:
+        return list(status(self.root).get("last_decisions", []))
+
+
+# ---------------------------------------------------------------------------------------------
+# Invariants
+
+
+@dataclass
+class Invariants:
+    """What must hold after every crash and restart; counts what was checked."""
+
+    generation: int = 0
+    checks: Counter[str] = field(default_factory=Counter)
+
+    def manifest(self, root: Path) -> str | None:
+        """The manifest parses, names a complete hash-verified release, generation never fell.
+        Returns the current release id."""
+        store = AdapterStore(root / "model" / "adapters", root / "model" / "manifest.json")
+        manifest = store.read_manifest()  # StoreError when it does not parse or validate
+        assert manifest is not None, "manifest vanished"
+        current = store.current()
+        generation = int(manifest.get("generation", 0))
+        assert generation >= self.generation, f"generation went down {self.generation} -> {generation}"
+        self.generation = generation
+        self.checks["manifest_parses"] += 1
+        self.checks["generation_monotonic"] += 1
+        if current is None:
+            return None
+        store.verify(current)
+        assert (current.path / "release.json").is_file()
+        self.checks["release_verified"] += 1
+        return current.id
+
+    def current_link(self, root: Path, release_id: str | None) -> None:
+        """After start-up recovery ``current`` points where the manifest says."""
+        if release_id is None:
+            return
+        link = root / "model" / "adapters" / "current"
+        assert link.is_symlink() and os.readlink(link).endswith(release_id), os.readlink(link)
+        self.checks["current_link"] += 1
+
+    def ledger(self, root: Path, expect_rejected: set[str], timeout: float = 60) -> None:
+        """Every episode present has exactly one row, valid (or rejected when expected), no
+        content counted twice, no row for a missing file left non-gone."""
+
+        def settled() -> list[tuple[str, str, str | None, str | None]] | None:
+            on_disk = {str(p) for p in episode_entries(root)}
+            try:
+                rows = ledger_rows(root)
+            except sqlite3.Error:
+                return None
+            live = {r[0] for r in rows if r[1] != "gone"}
+            return rows if live == on_disk else None
+
+        rows = wait_until(settled, timeout, "the ledger to match the folder", root / "daemon.log")
+        paths = [r[0] for r in rows]
+        assert len(paths) == len(set(paths)), "a path has two rows"
+        hashes = Counter(r[2] for r in rows if r[1] == "valid")
+        assert all(n == 1 for n in hashes.values()), f"duplicated content: {hashes.most_common(2)}"
+        for path, state, _, reason in rows:
+            want = "rejected" if Path(path).name in expect_rejected else "valid"
+            assert state == want, f"{path}: {state} ({reason}), expected {want}"
+            if state == "rejected":
+                assert reason, f"{path}: rejected without a reason"
+        self.checks["ledger_matches_folder"] += 1
+
+    def no_stale_child(self, root: Path, old_pgids: list[int], timeout: float = 10) -> None:
+        """No process group of an earlier job survives; at most the current job runs."""
+        for pgid in old_pgids:
+            wait_until(lambda p=pgid: not group_alive(p), timeout, f"old job group {pgid} gone")
+            self.checks["old_group_gone"] += 1
+        current = job_pid(root)
+        live = [p for p in job_processes(root) if p != current]
+        # A child the daemon started after our read of the pid file is legitimate: re-read once.
+        live = [p for p in live if p != job_pid(root)]
+        assert not live, f"stale job processes {live}"
+        self.checks["no_stale_process"] += 1
+
+    def runs_cleaned(self, root: Path, abandoned: set[str]) -> None:
+        """Run dirs a crash left without a result are gone after start-up (or got a result)."""
+        runs = root / "state" / "runs"
+        for name in abandoned:
+            run = runs / name
+            assert not run.exists() or (run / "result.json").exists(), f"leftover run dir {name}"
+        self.checks["runs_cleaned"] += 1
+
+
+def abandoned_runs(root: Path) -> set[str]:
+    runs = root / "state" / "runs"
+    if not runs.is_dir():
+        return set()
+    return {p.name for p in runs.iterdir() if p.is_dir() and not (p / "result.json").exists()}
+
+
+# ---------------------------------------------------------------------------------------------
+# The crash campaign
+
+
+@dataclass
+class CrashReport:
+    kills: Counter[str] = field(default_factory=Counter)
+    moments: Counter[str] = field(default_factory=Counter)
+    orphans_reaped: int = 0
+    reaped_in_log: int = 0
+    promotions_during: int = 0
+    final_promoted: bool = False
+    episodes_dropped: int = 0
+    episodes_lost: int = 0
+    invariants: Counter[str] = field(default_factory=Counter)
+    elapsed_s: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kills": dict(self.kills),
+            "kills_total": sum(self.kills.values()),
+            "moments": dict(self.moments),
+            "orphans_reaped": self.orphans_reaped,
+            "reaped_in_log": self.reaped_in_log,
+            "promotions_during": self.promotions_during,
+            "final_promoted": self.final_promoted,
+            "episodes_dropped": self.episodes_dropped,
+            "episodes_lost": self.episodes_lost,
+            "invariants_checked": sum(self.invariants.values()),
+            "invariants": dict(self.invariants),
+            "elapsed_s": round(self.elapsed_s, 1),
+        }
+
+
+BAD_EPISODE = "zz-garbage.json"
+
+
+def crash_campaign(
+    work: Path,
+    base: Path,
+    kills: int,
+    seed: int = 0,
+    say: Callable[[str], None] = lambda _: None,
+) -> CrashReport:
+    """SIGKILL the daemon, its child or both ``kills`` times at random moments of real cycles,
+    restarting the daemon after each daemon kill and checking every invariant; then let one
+    cycle finish and require a promotion. Raises AssertionError on the first violation."""
+    rng = random.Random(seed)
+    t0 = time.monotonic()
+    robot = Robot.create(work, base, episodes=4 * kills + 30, seed=seed + 5)
+    report = CrashReport()
+    inv = Invariants()
+    robot.drop(6)
+    (robot.episodes / BAD_EPISODE).write_text("{not json")
+    robot.start()
+    robot.wait_ready()
+    promoted_seen: set[str] = set()
+    try:
+        for i in range(kills):
+            # The first kill is always the daemon's during a job: its child must be reaped.
+            kind = rng.choice(("daemon", "child", "both")) if i else "daemon"
+            robot.drop(2)
+            robot.mode("idle")
+            if kind == "daemon":
+                moment = rng.choice(("startup", "idle", "job", "eval")) if i else "job"
+            else:
+                moment = "job"
+            report.moments[moment] += 1
+            if moment == "startup":
+                # a clean restart, then a kill while the new daemon recovers, reaps and ingests
+                assert robot.stop() == 0, robot.tail()
+                robot.start()
+                time.sleep(rng.uniform(0.0, 1.5))
+            elif moment == "idle":
+                time.sleep(rng.uniform(0.0, 2.0))
+            elif moment == "job":
+                robot.ensure_job()
+                time.sleep(rng.uniform(0.0, 6.0))
+            else:  # around evaluation and promotion: the child reports phase "eval"
+                robot.ensure_job()
+                wait_until(
+                    lambda: (status(robot.root).get("job") or {}).get("phase") == "eval"
+                    or job_pid(robot.root) is None,
+                    60,
+                    "evaluation",
+                    robot.log,
+                )
+                time.sleep(rng.uniform(0.0, 0.8))
+            for d in robot.decisions():
+                if d["verdict"] == "promoted":
+                    promoted_seen.add(d["job_id"])
+            child = job_pid(robot.root)
+            old_groups = [child] if child else []
+            if kind in ("child", "both") and child:
+                os.kill(child, signal.SIGKILL)
+            if kind in ("daemon", "both"):
+                robot.kill_daemon()
+                stranded = [p for p in old_groups if group_alive(p)]
+                before = abandoned_runs(robot.root)
+                inv.manifest(robot.root)  # also right after the crash, before any recovery
+                robot.start()
+                robot.wait_ready()
+                if stranded and kind == "daemon":
+                    report.orphans_reaped += 1
+                inv.runs_cleaned(robot.root, before)
+                inv.no_stale_child(robot.root, old_groups)
+            else:
+                inv.no_stale_child(robot.root, old_groups)
+            report.kills[kind] += 1
+            rid = inv.manifest(robot.root)
+            if kind != "child":
+                inv.current_link(robot.root, rid)
+            inv.ledger(robot.root, {BAD_EPISODE})
+            if rng.random() < 0.15:  # the robot gets busy for a moment: a preemption
+                robot.mode("manual_control")
+                time.sleep(rng.uniform(0.3, 1.5))
+                robot.mode("idle")
+            say(f"kill {i + 1}/{kills}: {kind} at {moment}; generation {inv.generation}")
+        # Let one cycle finish after all the kills: it must promote.
+        gen_before = inv.generation
+        robot.drop(4)
+        robot.mode("idle")
+        final = wait_until(
+            lambda: [d for d in robot.decisions() if d["verdict"] == "promoted"],
+            180,
+            "a promotion after the kills",
+            robot.log,
+        )
+        report.final_promoted = True
+        promoted_seen.update(d["job_id"] for d in final)
+        rid = inv.manifest(robot.root)
+        assert inv.generation > gen_before and rid is not None
+        inv.ledger(robot.root, {BAD_EPISODE})
+        assert robot.stop() == 0, robot.tail()
+        inv.no_stale_child(robot.root, [])
+        # A child killed under a live daemon leaves its run dir (child.log) until the next start.
+        before = abandoned_runs(robot.root)
+        robot.start()
+        robot.wait_ready()
+        inv.runs_cleaned(robot.root, before)
+        assert robot.stop() == 0, robot.tail()
+        assert not abandoned_runs(robot.root), abandoned_runs(robot.root)
+        inv.checks["all_runs_have_results"] += 1
+        valid = {Path(r[0]).name for r in ledger_rows(robot.root) if r[1] == "valid"}
+        on_disk = {p.name for p in episode_entries(robot.root)} - {BAD_EPISODE}
+        report.episodes_dropped = robot.dropped
+        report.episodes_lost = len(on_disk - valid) + (robot.dropped - len(on_disk))
+        report.promotions_during = len(promoted_seen)
+    finally:
+        if robot.proc is not None and robot.proc.poll() is None:
+            robot.proc.kill()
+            robot.proc.wait(timeout=10)
+        for pid in job_processes(robot.root):
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)
+    log = robot.log.read_text() if robot.log.exists() else ""
+    report.reaped_in_log = log.count('"orphan_job_reaped"')
+    report.invariants = inv.checks
+    report.elapsed_s = time.monotonic() - t0
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Faults at the OS boundary
+
+
+def mount_tmpfs(path: Path, size: str) -> str | None:
+    """Mount a tmpfs of ``size`` on ``path`` (created); the reason when that is not allowed."""
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        return f"cannot mount a tmpfs here ({(done.stderr or done.stdout).strip()})"
+    return None
+
+
+def umount(path: Path) -> None:
+    subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+
+
+def fill(folder: Path, name: str = ".filler") -> int:
+    """Write zeros into ``folder`` until the file system is full (ENOSPC); bytes written."""
+    written = 0
+    chunk = b"\0" * 65536
+    with open(folder / name, "ab", buffering=0) as f:
+        try:
+            while True:
+                written += f.write(chunk)
+        except OSError:
+            pass
+        while True:  # the last partial block
+            try:
+                written += f.write(b"\0" * 512)
+            except OSError:
+                break
+    return written
