@@ -306,7 +306,11 @@ class Service:
             safety=safety,
         )
         self.ledger.record_job_start(run_id, self._wall(), [r.content_hash for r in train])
-        self.supervisor.start(spec)
+        try:
+            self.supervisor.start(spec)
+        except OSError as exc:  # a full or read-only disk: this job fails, the daemon goes on
+            self._fail(run_id, f"cannot start the job: {exc}")
+            return
         self.jobs_started.append(self._wall())
         self.phase = Phase.TRAINING
         self.reason = f"job {run_id}: {len(train)} train / {len(evals)} eval episodes"

@@ -75,6 +75,15 @@ def _fmt_counts(counts: dict[str, int] | None) -> str:
     )
 
 
+def headline(reasons: list[str]) -> str:
+    """The reason worth one line: the first failed check, else the improvement, else the first."""
+    for prefix in ("FAIL", "ok improvement"):
+        for reason in reasons:
+            if reason.startswith(prefix):
+                return reason
+    return reasons[0] if reasons else ""
+
+
 def render(snapshot: dict[str, Any], running: bool) -> str:
     """The human table."""
     lines = []
@@ -104,7 +113,7 @@ def render(snapshot: dict[str, Any], running: bool) -> str:
         if snapshot.get(key):
             lines.append(f"  error      {snapshot[key]}")
     for d in snapshot.get("last_decisions") or []:
-        reason = d["reasons"][0] if d.get("reasons") else ""
+        reason = headline(d.get("reasons") or [])
         release = f" {d['release']}" if d.get("release") else ""
         lines.append(f"  decision   {d['at']} {d['job_id']}: {d['verdict']}{release} - {reason}")
     return "\n".join(lines)

@@ -62,14 +62,17 @@ class Outcome:
     exit_code: int | None
     result: JobResult | None
     reason: str
-    killed_by_parent: str | None = None  # "preempted" | "budget" | "shutdown"
+    killed_by_parent: str | None = None  # "preempted: <why>" | "budget: <why>" | "shutdown"
     elapsed_s: float = 0.0
 
     @property
     def status(self) -> str:
-        if self.result is not None:
+        kind = (self.killed_by_parent or "").split(":", 1)[0]
+        # A child stopped for going over its budget reports "preempted" (it only saw SIGTERM):
+        # that is no preemption to resume without backoff, it is a failed job.
+        if self.result is not None and not (kind == "budget" and self.result.status == "preempted"):
             return self.result.status
-        return "preempted" if self.killed_by_parent in ("preempted", "shutdown") else "crashed"
+        return "preempted" if kind in ("preempted", "shutdown") else "crashed"
 
 
 def read_result(run_dir: Path) -> tuple[JobResult | None, str]:
@@ -163,9 +166,18 @@ class JobSupervisor:
         self._stop_reason = None
         self.progress = Progress()
         self._deprioritise(self._proc.pid)
-        atomic_write_json(
-            self._state_dir / PIDFILE, {"pid": self._proc.pid, "run_dir": str(spec.run_dir)}
-        )
+        try:
+            atomic_write_json(
+                self._state_dir / PIDFILE, {"pid": self._proc.pid, "run_dir": str(spec.run_dir)}
+            )
+        except OSError:
+            # Without the pid file a daemon crash would strand the child: do not run it.
+            self._signal_group(signal.SIGKILL)
+            self._proc.wait()
+            if self._proc.stdout is not None:
+                self._proc.stdout.close()
+            self._proc = None
+            raise
         self._reader = threading.Thread(
             target=self._read_progress, args=(self._proc,), name="job-progress", daemon=True
         )
@@ -277,6 +289,8 @@ class JobSupervisor:
         reason = result.reason if result and result.reason else problem or describe_exit(code)
         if result is None:
             reason = f"{describe_exit(code)}; {problem}"
+        if self._stop_reason and self._stop_reason.startswith("budget"):
+            reason = f"{self._stop_reason}; {reason}"
         outcome = Outcome(
             run_dir=self._spec.run_dir,
             exit_code=code,

@@ -269,3 +269,40 @@ def test_sighup_keeps_old_config_when_new_is_bad(tmp_path, base_checkpoint):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_once_force_runs_one_cycle_despite_teleop(tmp_path, base_checkpoint):
+    root, config = make_root(tmp_path, base=base_checkpoint, mode="manual_control")
+    synth(
+        root,
+        root / "rlds" / "episodes",
+        "--episodes",
+        "12",
+        "--steps",
+        "100",
+        "--seed",
+        "8",
+        "--steering-bias",
+        "0.3",
+    )
+    done = subprocess.run(
+        [*CLI, "--root", str(root), "--config", str(config), "once", "--force"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert '"event":"candidate_promoted"' in done.stderr
+    manifest = json.loads((root / "model" / "manifest.json").read_text())
+    assert manifest["generation"] == 1
+    # Without --force and with the robot in teleop, `once` does not train: it waits for the gate
+    # or, with nothing new to do, says so and exits.
+    again = subprocess.run(
+        [*CLI, "--root", str(root), "--config", str(config), "once"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert again.returncode == 0 and "nothing to do" in again.stderr
