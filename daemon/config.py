@@ -25,7 +25,7 @@ DEFAULT_CONFIG = "default.yaml"
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class PathsConfig(_Section):
@@ -55,6 +55,8 @@ class ServiceConfig(_Section):
 
 
 class LoggingConfig(_Section):
+    """Log verbosity and format (``auto``: console on a terminal, JSON otherwise)."""
+
     level: str = Field("info", pattern="^(debug|info|warning|error)$")
     format: str = Field("auto", pattern="^(auto|console|json)$")
 
@@ -77,22 +79,27 @@ class TrainerConfig(_Section):
 
     @property
     def state_dir(self) -> Path:
+        """The state folder (ledger, status file, runs)."""
         return self.paths.state
 
     @property
     def runs_dir(self) -> Path:
+        """Where each job's run directory lives."""
         return self.paths.state / "runs"
 
     @property
     def adapters_dir(self) -> Path:
+        """The adapter store (releases and the ``current`` link)."""
         return self.paths.model / "adapters"
 
     @property
     def ledger_path(self) -> Path:
+        """The episode and job ledger (SQLite)."""
         return self.paths.state / "ledger.sqlite3"
 
     @property
     def status_path(self) -> Path:
+        """The status file the daemon rewrites and ``status`` reads."""
         return self.paths.state / "status.json"
 
 
@@ -184,6 +191,8 @@ def read_raw(path: Path) -> tuple[dict[str, Any], list[str]]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}): {exc.reason}") from None
     try:
         raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:

@@ -21,6 +21,7 @@ from typing import Any
 
 from daemon.config import TrainerConfig
 from daemon.status import read_status
+from trainer_core.config import PolicyConfig
 from trainer_core.fsio import atomic_write_json
 from trainer_core.spec import RESULT_FILE, JobResult
 
@@ -29,11 +30,13 @@ TIMEOUT_S = 240.0
 DEMO_SHIFT = {"steering_bias": 0.3}  # what changed on the robot since the base was trained
 
 
-def manifest_template(root: Path) -> dict[str, Any]:
+def manifest_template(
+    root: Path, model_name: str = PolicyConfig.model_fields["model_name"].default
+) -> dict[str, Any]:
     """A manifest shaped like continuonos' Pi 5 sample, pointing into the demo root."""
     model = root / "model"
     return {
-        "model_name": "continuon-demo-policy",
+        "model_name": model_name,
         "runtime": {"engine": "continuon_mlp", "backend": "cpu", "quantization": "none"},
         "paths": {
             "base_model": str(model / "base" / "policy.safetensors"),
@@ -108,7 +111,9 @@ class Demo:
         self.cli("base", "pretrain", "--episodes", str(factory), "--steps", "1500")
         self.timings["pretrain_s"] = time.monotonic() - start
         self.cfg.paths.manifest.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.cfg.paths.manifest, manifest_template(self.root))
+        atomic_write_json(
+            self.cfg.paths.manifest, manifest_template(self.root, self.cfg.policy.model_name)
+        )
         write_mode(self.root, "idle")
 
     def start_daemon(self) -> None:
@@ -132,23 +137,29 @@ class Demo:
     def wait_for(self, what: str, predicate: Any, show_job: bool = False) -> dict[str, Any]:
         deadline = time.monotonic() + TIMEOUT_S
         last = ""
+        # On a terminal one line redraws in place; in a log, a line per change of what shows
+        # (the progress bar's 30 ticks at most).
+        live = sys.stdout.isatty()
         while time.monotonic() < deadline:
             snap = self.status()
             if predicate(snap):
-                if last:
+                if last and live:
                     print(flush=True)
                 return snap
-            line = snap.get("status_line", "")
+            line = shown = snap.get("status_line", "")
             if show_job and snap.get("job"):
                 job = snap["job"]
-                done = job["step"] / max(1, job["max_steps"])
-                bar = "#" * int(30 * done)
-                line = f"{job['phase']:9} [{bar:<30}] {job['step']}/{job['max_steps']}"
+                bar = "#" * int(30 * job["step"] / max(1, job["max_steps"]))
+                shown = f"{job['phase']:9} [{bar:<30}]"
+                line = f"{shown} {job['step']}/{job['max_steps']}"
                 if isinstance(job.get("loss"), int | float):
                     line += f" loss {job['loss']:.4f}"
-            if line != last:
+            if live and line != last:
                 print(f"\r  {line[:100]:<100}", end="", flush=True)
                 last = line
+            elif not live and shown != last:
+                print(f"  {line}", flush=True)
+                last = shown
             time.sleep(0.1)
         raise RuntimeError(f"timed out waiting for {what}; see {self.log_path}")
 

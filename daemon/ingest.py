@@ -14,6 +14,11 @@ Rules (DESIGN §4):
   the ledger and does not re-read unchanged entries. A changed entry is re-hashed; identical
   bytes keep their verdict, different bytes are re-read and re-validated. An entry that
   disappeared becomes ``gone`` (the row stays).
+- An unchanged entry costs a stat walk and no database write: ``last_seen`` is when its
+  verdict or signature was last recorded (new, changed, gone), not when a scan last saw it,
+  so a rescan of a large idle folder writes nothing.
+- A scan given a deadline stops reading new or changed entries once it passes; they are
+  picked up by the next scan (``incomplete``). Unchanged entries are still checked.
 - Bad input never raises out of :func:`scan` and nothing in the folder is ever modified.
 """
 
@@ -23,14 +28,16 @@ import hashlib
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISDIR, S_ISREG
 from typing import Any
 
 from daemon.ledger import Ledger, split_for
 from trainer_core.config import IngestConfig
 from trainer_core.rlds import EpisodeError, kind_of, read_episode
-from trainer_core.rlds.hashing import COMPLETE_MARKER, content_hash
+from trainer_core.rlds.hashing import COMPLETE_MARKER, content_hash, special_file
 
 # A directory episode with more files than this is refused rather than walked on every scan.
 MAX_FILES_PER_ENTRY = 100_000
@@ -60,8 +67,10 @@ class ScanReport:
     valid: int = 0
     rejections: list[tuple[str, str]] = field(default_factory=list)
     error: str | None = None
+    incomplete: bool = False  # the deadline passed: some new/changed entries wait for a rescan
 
     def as_dict(self) -> dict[str, Any]:
+        """The report as a JSON-ready mapping."""
         return {
             "new": self.new,
             "changed": self.changed,
@@ -72,6 +81,7 @@ class ScanReport:
             "valid": self.valid,
             "rejections": [list(r) for r in self.rejections],
             "error": self.error,
+            "incomplete": self.incomplete,
         }
 
 
@@ -108,12 +118,16 @@ def escapes(path: Path, root: Path) -> str | None:
 
 def entry_stat(path: Path, root: Path) -> EntryStat:
     """Walk ``path`` once: signature, newest mtime, marker, file list; a ``problem`` when an
-    inner symlink leaves ``root`` or the entry cannot be walked."""
+    inner symlink leaves ``root``, something in it is neither a regular file nor a directory
+    (a FIFO would block the reader forever), or the entry cannot be walked. Opens no file."""
     try:
         st = path.stat()
     except OSError as exc:
         return EntryStat("", 0.0, False, [], f"cannot stat ({exc.strerror or exc})")
-    if not os.path.isdir(path):
+    special = special_file(st.st_mode)
+    if special is not None:
+        return EntryStat("", st.st_mtime, False, [], special)
+    if S_ISREG(st.st_mode):
         return EntryStat(f"f:{st.st_size}:{st.st_mtime_ns}", st.st_mtime, False, [])
     parts: list[str] = []
     files: list[str] = []
@@ -137,7 +151,10 @@ def entry_stat(path: Path, root: Path) -> EntryStat:
             except OSError as exc:
                 return EntryStat("", newest, False, [], f"{name}: cannot stat ({exc.strerror})")
             newest = max(newest, est.st_mtime)
-            if e.is_dir():
+            special = special_file(est.st_mode)
+            if special is not None:
+                return EntryStat("", newest, False, [], f"{name}: {special}")
+            if S_ISDIR(est.st_mode):
                 if name.count("/") >= 16:
                     return EntryStat("", newest, False, [], f"{name}: directories nest too deep")
                 stack.append((Path(e.path), name + "/"))
@@ -243,9 +260,12 @@ def scan(
     limits: IngestConfig,
     eval_fraction: float,
     now: float,
+    deadline: float | None = None,
 ) -> ScanReport:
     """Bring the ledger in line with ``episodes_dir`` (see the module docstring for the rules).
-    ``now`` is the wall clock (``time.time()``), injectable for tests."""
+    ``now`` is the wall clock (``time.time()``), injectable for tests. Past ``deadline`` (a
+    ``time.monotonic()`` value) no further new or changed entry is read: they stay as they are
+    in the ledger for the next scan, and ``report.incomplete`` says to rescan soon."""
     report = ScanReport()
     ledger.ensure_splits(eval_fraction)
     episodes_dir = Path(episodes_dir)
@@ -258,7 +278,12 @@ def scan(
         return report
     known = ledger.known()
     present = {str(p) for p in entries}
-    unchanged: list[str] = []
+
+    def out_of_time() -> bool:
+        if deadline is not None and time.monotonic() >= deadline:
+            report.incomplete = True
+        return report.incomplete
+
     for path in entries:
         key = str(path)
         row = known.get(key)
@@ -268,8 +293,9 @@ def scan(
             if why:
                 signature = "link:" + os.readlink(path)
                 if row is not None and row.signature == signature and not is_new:
-                    unchanged.append(key)
                     report.unchanged += 1
+                    continue
+                if out_of_time():
                     continue
                 report.new += is_new
                 report.changed += not is_new
@@ -279,13 +305,12 @@ def scan(
         if stat.problem is not None:
             stat.signature = "problem:" + stat.problem
         if row is not None and not is_new and stat.signature and row.signature == stat.signature:
-            unchanged.append(key)
             report.unchanged += 1
             continue
         if stat.problem is None and not is_complete(stat, limits.settle_s, now):
             report.pending += 1
-            if row is not None and not is_new:
-                unchanged.append(key)
+            continue
+        if out_of_time():
             continue
         report.new += is_new
         report.changed += not is_new
@@ -293,7 +318,7 @@ def scan(
             _reject(ledger, report, key, stat.problem, signature=stat.signature, now=now)
             continue
         _process(path, key, stat, ledger, limits, eval_fraction, now, present, report)
-    ledger.touch(unchanged, now)
+    # Only entries missing from the listing are gone: one skipped for the deadline is listed.
     vanished = [k for k, r in known.items() if k not in present and r.status != "gone"]
     ledger.mark_gone(vanished, now)
     report.gone = len(vanished)
@@ -317,11 +342,12 @@ def _targets(path: Path) -> list[tuple[Path, str | None]]:
         out: list[tuple[Path, str | None]] = []
         for entry in discover(path):
             why = escapes(entry, root) if entry.is_symlink() else None
-            if why is None and entry.is_dir():
+            if why is None:
                 why = entry_stat(entry, root).problem
             out.append((entry, why))
         return out
-    return [(path, None)]
+    # Judged as the scan would judge it in its folder (a FIFO must not block the reader).
+    return [(path, entry_stat(path, path.absolute().parent.resolve()).problem)]
 
 
 def check_one(path: Path, refusal: str | None, limits: IngestConfig) -> dict[str, Any]:

@@ -94,6 +94,8 @@ class KnownEntry:
 
 @dataclass(frozen=True)
 class JobRow:
+    """One job as the ledger recorded it (start, end, status, decision, release)."""
+
     run_id: str
     started_at: float
     finished_at: float | None
@@ -158,6 +160,7 @@ class Ledger:
         return cls(conn, path)
 
     def close(self) -> None:
+        """Close the database connection."""
         self._db.close()
 
     def __enter__(self) -> Ledger:
@@ -179,13 +182,6 @@ class Ledger:
             "SELECT content_hash FROM episodes WHERE path = ? AND status != 'gone'", (path,)
         ).fetchone()
         return row[0] if row else None
-
-    def touch(self, paths: Iterable[str], now: float) -> None:
-        """Mark unchanged episodes as seen at ``now``."""
-        with self._db:
-            self._db.executemany(
-                "UPDATE episodes SET last_seen = ? WHERE path = ?", ((now, p) for p in paths)
-            )
 
     def update_signature(self, path: str, signature: str, now: float) -> None:
         """A touched but byte-identical episode: keep its verdict, remember the new stat."""

@@ -74,7 +74,9 @@ class Notifier:
             self._send("WATCHDOG=1")
 
     def reloading(self) -> None:
+        """Tell systemd a config reload began (``RELOADING=1``)."""
         self._send("RELOADING=1")
 
     def stopping(self, status: str = "stopping") -> None:
+        """Tell systemd the daemon is shutting down, with ``status`` as its status line."""
         self._send(f"STOPPING=1\nSTATUS={status}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import faulthandler
+import fcntl
 import os
 import shutil
 import signal
@@ -29,17 +30,24 @@ from daemon.ledger import Ledger
 from daemon.logs import configure_logging, get_logger
 from daemon.notify import Notifier
 from daemon.status import write_status
-from daemon.store import AdapterStore, StoreError
+from daemon.store import AdapterStore, Release, StoreError
 from daemon.supervisor import JobSupervisor, Outcome, read_result, reap_orphan
 from daemon.trigger import History, trigger
 from daemon.watcher import EpisodeWatcher
-from gating import GateDecision, build_gate
+from gating import Gate, GateDecision, build_gate
 from safety.config import SafetyConfig, merge_manifest_safety
 from safety.rule import decide
-from trainer_core.spec import CHECKPOINT_DIR, RESULT_FILE, JobSpec
+from trainer_core.spec import RESULT_FILE, JobSpec
 
 DAY_S = 86_400.0
-STATUS_EVERY_S = 1.0  # the status file is rewritten at most this often while nothing changes
+STATUS_EVERY_S = 1.0  # progress alone rewrites the status file at most this often
+SCAN_SLICE_S = 2.0  # one scan processes new episodes for at most this long ...
+SCAN_SLICE_JOB_S = 0.1  # ... or this long while a job runs (the gate is polled every 0.25 s)
+STORE_RETRY_S = 30.0  # how often an unusable adapter store is looked at again
+
+
+class AlreadyRunning(RuntimeError):
+    """Another daemon holds this state folder."""
 
 
 class Phase(StrEnum):
@@ -73,7 +81,6 @@ class Service:
         self.cfg = cfg
         self._config_path = config_path
         self._cli_root = str(cfg.root)
-        self._environ = environ
         self._force = force
         self._test_hooks = test_hooks
         self._monotonic = monotonic
@@ -96,7 +103,19 @@ class Service:
         self._last_status_key: tuple[Any, ...] | None = None
         self._cooldown_until = 0.0
         self._gate_open: bool | None = None
+        # Something only an operator can fix (a broken manifest, no base policy): the daemon
+        # stays up, says so in its status, and neither trains nor promotes meanwhile.
+        self.blocked: str | None = None
         self.store_error: str | None = None
+        self._store_checked_at = float("-inf")
+        self._scan_error: str | None = None
+        self.rescanning = True  # until a scan has gone through the whole folder
+        # Opened in start(): these need I/O.
+        self.ledger: Ledger
+        self.store: AdapterStore
+        self.gate: Gate
+        self.watcher: EpisodeWatcher
+        self._lock_file: Any = None
 
     # -- start-up ------------------------------------------------------------------------
 
@@ -105,9 +124,49 @@ class Service:
         cfg = self.cfg
         for folder in (cfg.state_dir, cfg.runs_dir):
             folder.mkdir(parents=True, exist_ok=True)
+        self._take_instance_lock()
         self.ledger = Ledger.open(cfg.ledger_path)
-        self.store = AdapterStore(cfg.adapters_dir, cfg.paths.manifest,
-                                  model_name=f"continuon-{cfg.policy.family}-policy")
+        self.store = AdapterStore(
+            cfg.adapters_dir, cfg.paths.manifest, model_name=cfg.policy.model_name
+        )
+        self._check_store()
+        orphan = reap_orphan(cfg.state_dir)
+        if orphan:
+            self.log.warning("orphan_job_reaped", detail=orphan)
+        self._clean_runs()
+        self.gate = build_gate(cfg.gate, os.getpid(), self._monotonic, self._wall)
+        self.watcher = self._start_watcher()
+        # READY before the first scan: a large folder is scanned in slices by the loop, which
+        # keeps pinging the watchdog meanwhile.
+        self.counts = self.ledger.counts()
+        self.reason = "scanning the episodes folder"
+        self.notifier.ready(self.status_line())
+        self.log.info(
+            "ready", root=str(cfg.root), episodes=str(cfg.paths.episodes), counts=self.counts
+        )
+
+    def _take_instance_lock(self) -> None:
+        """One daemon per state folder: a second one (or `once` beside the service) would reap
+        the first one's child and delete its runs."""
+        path = self.cfg.state_dir / "daemon.lock"
+        self._lock_file = open(path, "a+")  # noqa: SIM115 - held for the process's lifetime
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.seek(0)
+            holder = self._lock_file.read().strip() or "?"
+            self._lock_file.close()
+            raise AlreadyRunning(
+                f"another continuon-trainer (pid {holder}) is running on {self.cfg.state_dir}"
+            ) from None
+        self._lock_file.truncate(0)
+        self._lock_file.write(f"{os.getpid()}\n")
+        self._lock_file.flush()
+
+    def _check_store(self) -> None:
+        """Recover the adapter store; while it is unusable, retry now and then (an operator may
+        have fixed the manifest or rolled back)."""
+        self._store_checked_at = self._monotonic()
         try:
             for action in self.store.recover():
                 self.log.warning("store_recovered", action=action)
@@ -115,21 +174,14 @@ class Service:
             if adopted is not None:
                 self.log.info("legacy_adapter_adopted", release=adopted.id)
         except (OSError, StoreError) as exc:
-            # The runtime's manifest is wrong in a way we must not paper over: stay up (the
-            # status says why) but never train or promote until an operator fixes it.
-            self.store_error = f"adapter store needs attention: {exc}"
-            self.log.critical("store_unusable", error=str(exc))
-        orphan = reap_orphan(cfg.state_dir)
-        if orphan:
-            self.log.warning("orphan_job_reaped", detail=orphan)
-        self._clean_runs()
-        self.gate = build_gate(cfg.gate, os.getpid(), self._monotonic, self._wall)
-        self.watcher = self._start_watcher()
-        self.rescan()
-        self.notifier.ready(self.status_line())
-        self.log.info(
-            "ready", root=str(cfg.root), episodes=str(cfg.paths.episodes), counts=self.counts
-        )
+            error = f"adapter store needs attention: {exc}"
+            if error != self.store_error:
+                self.log.critical("store_unusable", error=str(exc))
+            self.store_error = error
+            return
+        if self.store_error:
+            self.log.info("store_usable_again")
+        self.store_error = None
 
     def _start_watcher(self) -> EpisodeWatcher:
         folder = self.cfg.paths.episodes
@@ -143,9 +195,15 @@ class Service:
         return watcher
 
     def _clean_runs(self) -> None:
-        """Remove run dirs a crash left without a result, and all but the newest ``keep_runs``."""
+        """Remove run dirs a crash left without a result, and all but the newest ``keep_runs``
+        (and the one holding the checkpoint the next job resumes from)."""
+        if not self.cfg.runs_dir.is_dir():
+            return
         runs = sorted(p for p in self.cfg.runs_dir.iterdir() if p.is_dir())
         keep = set(runs[-self.cfg.service.keep_runs :])
+        resume = self._resumable_checkpoint()
+        if resume is not None:
+            keep.add(resume.parent)
         for run in runs:
             abandoned = not (run / RESULT_FILE).exists()
             if abandoned or run not in keep:
@@ -176,9 +234,18 @@ class Service:
         self._stalled = not self._stalled
 
     def run(self) -> None:
-        """Tick until a stop is requested, then shut down cleanly."""
+        """Tick until a stop is requested, then shut down cleanly.
+
+        An error in one iteration (a full disk, a locked database) is logged and the loop goes
+        on; since only a completed tick pings the watchdog, an error that repeats makes systemd
+        restart the service rather than leave it spinning.
+        """
         while not self.stop_requested:
-            self.tick()
+            try:
+                self.tick()
+            except Exception as exc:
+                self.log.exception("loop_error", error=f"{type(exc).__name__}: {exc}")
+                time.sleep(1.0)
         self.shutdown()
 
     def tick(self) -> None:
@@ -195,8 +262,10 @@ class Service:
             return
         if self._reload_requested:
             self.reload()
-        now = self._monotonic()
-        if changed or now >= self._next_rescan:
+        if not self.watcher.alive and self.cfg.paths.episodes.is_dir():
+            self.log.warning("watcher_restarted", error=self.watcher.error)
+            self.watcher = self._start_watcher()
+        if changed or self._monotonic() >= self._next_rescan:
             self.rescan()
         self.gate_decision = self.gate.poll()
         self._log_gate_change(self.gate_decision)
@@ -205,16 +274,30 @@ class Service:
         self.notifier.watchdog()
 
     def rescan(self) -> None:
-        """Bring the ledger up to date with the episodes folder; log new rejections."""
-        changed = self.watcher.take_changes() if hasattr(self, "watcher") else set()
-        self._last_rescan = self._monotonic()
+        """Bring the ledger up to date with the episodes folder, in slices; log rejections."""
+        changed = self.watcher.take_changes()
+        # While a job runs the gate must be polled every 0.25 s: scan in short slices then.
+        budget = SCAN_SLICE_JOB_S if self.supervisor.running else SCAN_SLICE_S
         report = scan(
             self.cfg.paths.episodes,
             self.ledger,
             self.cfg.ingest,
             self.cfg.job.eval_fraction,
             self._wall(),
+            deadline=self._monotonic() + budget,
         )
+        # Settling episodes and an unfinished slice produce no further events: look again soon.
+        wait = self.cfg.service.rescan_interval_s
+        if report.incomplete:
+            wait = 0.0
+        elif report.pending:
+            wait = min(wait, self.cfg.ingest.settle_s / 2 + 0.1)
+        self._next_rescan = self._monotonic() + wait
+        self.rescanning = report.incomplete
+        if report.error != self._scan_error:
+            if report.error:
+                self.log.error("episodes_folder_unreadable", error=report.error)
+            self._scan_error = report.error
         for path, reason in report.rejections:
             self.log.warning("episode_rejected", episode=str(path), reason=reason)
         if report.new or report.changed:
@@ -261,42 +344,51 @@ class Service:
             self.reason = trig.reason
             return
         self.phase = Phase.ARMED
-        if self.store_error:
-            self.reason = self.store_error
-            return
-        if not self.cfg.policy.base_path.is_file():
-            self.reason = (
-                f"{trig.reason}; no base policy at {self.cfg.policy.base_path}: run "
-                "`continuon-trainer base init` or `base pretrain`"
-            )
-            return
-        if gate.open or self._force:
+        self.blocked = self._blocked()
+        if self.blocked:
+            self.reason = f"{trig.reason}; {self.blocked}"
+        elif gate.open or self._force:
             self.start_job()
         else:
             self.reason = f"{trig.reason}; gate {gate.summary()}"
+
+    def _blocked(self) -> str | None:
+        """What keeps a job from starting that only an operator can fix, if anything."""
+        if self.store_error and self._monotonic() - self._store_checked_at > STORE_RETRY_S:
+            self._check_store()
+        if self.store_error:
+            return self.store_error
+        if not self.cfg.policy.base_path.is_file():
+            return (
+                f"no base policy at {self.cfg.policy.base_path}: run "
+                "`continuon-trainer base init` or `base pretrain`"
+            )
+        try:
+            self._safety_config()
+        except (StoreError, ValueError) as exc:
+            return f"the manifest's safety block is unusable: {exc}"
+        return None
 
     def start_job(self) -> None:
         """Write a spec from the ledger's episodes and start the child."""
         cfg = self.cfg
         train = self.ledger.valid_episodes("train")[: cfg.job.max_episodes]
         evals = self.ledger.valid_episodes("eval")
-        current = self.store.current()
-        run_id = f"{utc_stamp(self._wall())}-{os.getpid() % 10000:04d}"
         try:
+            baseline = self._baseline()
             safety = self._safety_config()
-        except (StoreError, ValueError) as exc:
-            self._fail(run_id, f"safety block unusable: {exc}")
+        except (OSError, StoreError, ValueError) as exc:
+            self.blocked = self.reason = f"adapter store or manifest unusable: {exc}"
             return
+        run_id = f"{utc_stamp(self._wall())}-{os.getpid() % 10000:04d}"
         spec = JobSpec(
             run_id=run_id,
             run_dir=cfg.runs_dir / run_id,
             train_episodes=[Path(r.path) for r in train],
             eval_episodes=[Path(r.path) for r in evals],
             base_path=cfg.policy.base_path,
-            # A release adopted from an old install holds a .pt of unknown shape: judge the
-            # candidate against the bare base instead.
-            baseline_adapter=current.path if current and not current.legacy else None,
-            baseline_id=current.id if current and not current.legacy else None,
+            baseline_adapter=baseline.path if baseline else None,
+            baseline_id=baseline.id if baseline else None,
             resume_from=self._resumable_checkpoint(),
             features=cfg.features,
             policy=cfg.policy,
@@ -323,25 +415,38 @@ class Service:
             baseline=spec.baseline_id or "base",
         )
 
+    def _baseline(self) -> Release | None:
+        """The release a candidate is judged against: the current one, unless it was adopted
+        from an old install (a .pt of unknown shape), when the bare base is the baseline."""
+        current = self.store.current()
+        return current if current is not None and not current.legacy else None
+
+    def _baseline_kind(self) -> str:
+        baseline = self._baseline()
+        return f"adapter:{baseline.id}" if baseline else "base"
+
     def _safety_config(self) -> SafetyConfig:
         if not self.cfg.safety.from_manifest:
             return self.cfg.safety
         return merge_manifest_safety(self.cfg.safety, self.store.manifest_safety())
 
     def _resumable_checkpoint(self) -> Path | None:
-        """The checkpoint of the newest run that ended preempted, if it is the newest result."""
-        for run in sorted(self.cfg.runs_dir.iterdir(), reverse=True):
-            if not (run / RESULT_FILE).exists():
-                continue
-            checkpoint = run / CHECKPOINT_DIR
-            status = self._run_status(run)
-            return checkpoint if status == "preempted" and checkpoint.is_dir() else None
-        return None
+        """The checkpoint named by the newest run that has a result, if that run was preempted.
 
-    @staticmethod
-    def _run_status(run: Path) -> str | None:
-        result, _ = read_result(run)
-        return result.status if result else None
+        A job preempted before it saved anything reports the checkpoint it had resumed from,
+        so a second preemption does not lose the first one's progress.
+        """
+        if not self.cfg.runs_dir.is_dir():
+            return None
+        for run in sorted(self.cfg.runs_dir.iterdir(), reverse=True):
+            result, _ = read_result(run)
+            if result is None:
+                continue
+            checkpoint = result.checkpoint_path
+            if result.status == "preempted" and checkpoint is not None and checkpoint.is_dir():
+                return checkpoint
+            return None
+        return None
 
     def on_job_end(self, outcome: Outcome) -> None:
         """Record a finished child and decide: resume later, back off, or judge the candidate."""
@@ -368,25 +473,39 @@ class Service:
             return
         self.phase = Phase.PROMOTING
         decision = decide(result.metrics, self.cfg.promotion)
+        reasons = list(decision.reasons)
+        promote = decision.promote
+        baseline_now = self._baseline_kind()
+        if result.metrics is not None and result.metrics.baseline_kind != baseline_now:
+            # An operator rolled back (or another release landed) while the job ran: the
+            # candidate was judged against something that is no longer running.
+            promote = False
+            reasons.append(
+                f"FAIL baseline: evaluated against {result.metrics.baseline_kind}, but the "
+                f"current adapter is now {baseline_now}"
+            )
         release_id = None
-        if decision.promote:
+        if promote:
             try:
                 card = {
                     "run_id": run_id,
-                    "decision": decision.reasons,
+                    "decision": reasons,
                     "metrics": result.metrics.model_dump() if result.metrics else None,
                 }
-                release = self.store.promote(result.candidate_path, card)
-                release_id = release.id
-                self.store.prune(self.cfg.service.keep_releases)
+                release_id = self.store.promote(result.candidate_path, card).id
             except (OSError, StoreError) as exc:
                 self._fail(run_id, f"promotion failed: {exc}", status)
                 return
+            try:
+                self.store.prune(self.cfg.service.keep_releases)
+            except (OSError, StoreError) as exc:  # the promotion stands; pruning can wait
+                self.log.warning("prune_failed", error=str(exc))
+        self._clean_runs()
         verdict = "promoted" if release_id else "rejected"
         self.ledger.record_job_end(run_id, status, verdict, release_id, self._wall())
         log = self.log.info if release_id else self.log.warning
-        log("candidate_" + verdict, job_id=run_id, release=release_id, reasons=decision.reasons)
-        self._remember(run_id, verdict, decision.reasons, result, release_id)
+        log("candidate_" + verdict, job_id=run_id, release=release_id, reasons=reasons)
+        self._remember(run_id, verdict, reasons, result, release_id)
         self.history = History(last_job_end=now)
         self._cooldown_until = now + self.cfg.service.cooldown_s
         self.phase = Phase.COOLDOWN
@@ -453,7 +572,10 @@ class Service:
                 "elapsed_s": round(self.supervisor.elapsed_s, 1),
                 "budget_s": self.cfg.job.max_wall_time_s,
             }
-        current = self.store.current()
+        try:
+            current = self.store.current()
+        except (OSError, StoreError) as exc:
+            current, self.store_error = None, f"adapter store needs attention: {exc}"
         return {
             "pid": os.getpid(),
             "updated_at": self._wall(),
@@ -464,6 +586,7 @@ class Service:
             "ledger": self.counts,
             "job": job,
             "current_release": current.id if current else None,
+            "blocked": self.blocked,
             "last_decisions": list(self.decisions),
         }
 
@@ -472,12 +595,20 @@ class Service:
         line = self.status_line()
         self.notifier.status(line)
         now = self._monotonic()
-        key = (line, self._gate_open, tuple(sorted(self.counts.items())), len(self.decisions))
+        # Progress (step, loss) alone does not force a write: every write costs two fsyncs.
+        key = (
+            self.phase,
+            self.reason,
+            self._gate_open,
+            tuple(sorted(self.counts.items())),
+            len(self.decisions),
+            self.supervisor.pid,
+        )
         if key != self._last_status_key or now - self._last_status_write >= STATUS_EVERY_S:
             self._last_status_key, self._last_status_write = key, now
             try:
                 write_status(self.cfg.status_path, self.snapshot())
-            except OSError as exc:
+            except (OSError, ValueError) as exc:
                 self.log.error("status_write_failed", error=str(exc))
 
     def reload(self) -> None:
@@ -488,17 +619,20 @@ class Service:
             new, warnings = load_config(self._config_path, self._cli_root)
         except ConfigError as exc:
             self.log.error("reload_refused", reason=str(exc))
-            self.notifier.status(self.status_line())
+            self.notifier.ready(self.status_line())
             return
         for w in warnings:
             self.log.warning("config_warning", detail=w)
         if new.paths != self.cfg.paths:
             self.log.warning("reload_paths_ignored", detail="changed paths need a restart")
             new = new.model_copy(update={"paths": self.cfg.paths})
+        if new.gate != self.cfg.gate:
+            # A new gate starts closed (fail closed); an unchanged one keeps its state, so a
+            # reload never preempts a job or forgets a hysteresis latch by itself.
+            self.gate = build_gate(new.gate, os.getpid(), self._monotonic, self._wall)
         self.cfg = new
-        self.gate = build_gate(new.gate, os.getpid(), self._monotonic, self._wall)
         self.log.info("config_reloaded")
-        self.notifier.status(self.status_line())
+        self.notifier.ready(self.status_line())
 
     def shutdown(self) -> None:
         """STOPPING=1; stop the child first (it checkpoints), then the watcher and ledger."""
@@ -534,6 +668,9 @@ def run_command(args: Any, cfg: TrainerConfig) -> int:
     service = _service_from_args(args, cfg, force=False)
     try:
         service.start()
+    except AlreadyRunning as exc:
+        service.log.critical("startup_refused", error=str(exc))
+        return 2  # RestartPreventExitStatus=2: restarting cannot help
     except Exception as exc:
         service.log.critical("startup_failed", error=f"{type(exc).__name__}: {exc}")
         return 1
@@ -545,17 +682,34 @@ def run_command(args: Any, cfg: TrainerConfig) -> int:
 def once_command(args: Any, cfg: TrainerConfig) -> int:
     """``continuon-trainer once``: run until one job ended (or nothing is to be done), then exit."""
     service = _service_from_args(args, cfg, force=args.force)
-    service.start()
+    try:
+        service.start()
+    except AlreadyRunning as exc:
+        print(f"{exc}: stop it first (systemctl stop continuon-trainer)", file=sys.stderr)
+        return 2
     service.install_signal_handlers()
     started = False
+    said = ""
+    code = 0
     while not service.stop_requested:
         service.tick()
         started = started or service.supervisor.running
         if started and not service.supervisor.running:
             break
-        if not started and service.phase in (Phase.IDLE, Phase.COOLDOWN):
+        if started or service.rescanning:
+            continue
+        if service.phase in (Phase.IDLE, Phase.COOLDOWN):
             print(f"nothing to do: {service.reason}", file=sys.stderr)
             break
+        if service.blocked:
+            print(f"cannot train: {service.blocked}", file=sys.stderr)
+            code = 1
+            break
+        if service.reason != said:  # armed, waiting for the gate: say why, once per change
+            said = service.reason
+            print(f"waiting: {said}", file=sys.stderr)
     service.shutdown()
     last = service.decisions[0] if service.decisions else None
-    return 0 if last is None or last["verdict"] in ("promoted", "rejected") else 1
+    if code or (last is not None and last["verdict"] not in ("promoted", "rejected")):
+        return 1
+    return 0

@@ -25,20 +25,50 @@ def write_status(path: Path, snapshot: dict[str, Any]) -> None:
     atomic_write_json(path, snapshot)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+# The snapshot's top-level keys and the JSON types each may hold (None always allowed but for
+# updated_at): a file of another shape was not written by this daemon version, or is damaged.
+_SHAPE: dict[str, tuple[type, ...]] = {
+    "pid": (int,),
+    "status_line": (str,),
+    "gate": (dict,),
+    "ledger": (dict,),
+    "job": (dict,),
+    "current_release": (str,),
+    "last_decisions": (list,),
+}
+
+
+def valid_snapshot(data: Any) -> bool:
+    """Whether ``data`` has the shape :meth:`Service.snapshot` writes (top level and lists)."""
+    if not isinstance(data, dict) or not _is_number(data.get("updated_at")):
+        return False
+    for key, types in _SHAPE.items():
+        value = data.get(key)
+        if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
+            return False
+    return all(isinstance(d, dict) for d in data.get("last_decisions") or [])
+
+
 def read_status(path: Path) -> dict[str, Any] | None:
-    """The last snapshot, or None when there is none (or it cannot be read)."""
+    """The last snapshot, or None when there is none (or it cannot be read, or has a shape
+    this version did not write)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) else None
+    return data if valid_snapshot(data) else None
 
 
 def daemon_running(snapshot: dict[str, Any] | None, now: float) -> bool:
     """A live pid that still rewrites the file."""
     if not snapshot or not isinstance(snapshot.get("pid"), int):
         return False
-    fresh = now - float(snapshot.get("updated_at", 0)) < STALE_AFTER_S
+    updated_at = snapshot.get("updated_at")
+    fresh = _is_number(updated_at) and now - updated_at < STALE_AFTER_S
     return fresh and psutil.pid_exists(snapshot["pid"])
 
 
@@ -84,38 +114,54 @@ def headline(reasons: list[str]) -> str:
     return reasons[0] if reasons else ""
 
 
+def _strings(value: Any) -> list[str]:
+    """A list of reasons as strings; anything else is no reasons."""
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+def _num(value: Any, fmt: str) -> str:
+    return format(value, fmt) if _is_number(value) else "?"
+
+
 def render(snapshot: dict[str, Any], running: bool) -> str:
-    """The human table."""
+    """The human table. Tolerates missing or mistyped fields (shown as ``?``)."""
     lines = []
     if running:
         lines.append(
-            f"continuon-trainer: running (pid {snapshot['pid']}) - "
-            f"{snapshot.get('status_line', '')}"
+            f"continuon-trainer: running (pid {snapshot.get('pid')}) - "
+            f"{snapshot.get('status_line') or ''}"
         )
     else:
         lines.append("continuon-trainer: not running")
     gate = snapshot.get("gate")
-    if gate:
-        state = "open" if gate.get("open") else "closed"
-        reasons = "; ".join(gate.get("reasons") or []) or "-"
+    if isinstance(gate, dict):
+        state = "open" if gate.get("open") is True else "closed"
+        reasons = "; ".join(_strings(gate.get("reasons"))) or "-"
         lines.append(f"  gate       {state}: {reasons}")
-    lines.append(f"  episodes   {_fmt_counts(snapshot.get('ledger'))}")
+    ledger = snapshot.get("ledger")
+    lines.append(f"  episodes   {_fmt_counts(ledger if isinstance(ledger, dict) else None)}")
     job = snapshot.get("job")
-    if job:
-        loss = f"{job['loss']:.4g}" if isinstance(job.get("loss"), int | float) else "-"
+    if isinstance(job, dict):
         lines.append(
-            f"  job        {job['job_id']} {job['phase']}: step {job['step']}/"
-            f"{job['max_steps']}, loss {loss}, {job['elapsed_s']} s of "
-            f"{job['budget_s']:.0f} s budget"
+            f"  job        {job.get('job_id', '?')} {job.get('phase', '?')}: step "
+            f"{_num(job.get('step'), '')}/{_num(job.get('max_steps'), '')}, loss "
+            f"{_num(job.get('loss'), '.4g')}, {_num(job.get('elapsed_s'), '.1f')} s of "
+            f"{_num(job.get('budget_s'), '.0f')} s budget"
         )
     lines.append(f"  release    {snapshot.get('current_release') or 'none (base policy only)'}")
     for key in ("ledger_error", "store_error"):
         if snapshot.get(key):
             lines.append(f"  error      {snapshot[key]}")
-    for d in snapshot.get("last_decisions") or []:
-        reason = headline(d.get("reasons") or [])
+    decisions = snapshot.get("last_decisions")
+    for d in decisions if isinstance(decisions, list) else []:
+        if not isinstance(d, dict):
+            continue
+        reason = headline(_strings(d.get("reasons")))
         release = f" {d['release']}" if d.get("release") else ""
-        lines.append(f"  decision   {d['at']} {d['job_id']}: {d['verdict']}{release} - {reason}")
+        lines.append(
+            f"  decision   {d.get('at', '?')} {d.get('job_id', '?')}: "
+            f"{d.get('verdict', '?')}{release} - {reason}"
+        )
     return "\n".join(lines)
 
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -46,7 +45,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainer_core.fsio import TEMP_PREFIX, atomic_write_json, fsync_dir, fsync_tree
+from trainer_core.fsio import TEMP_PREFIX, atomic_write_json, fsync_dir, fsync_tree, sha256_file
 
 if TYPE_CHECKING:
     import argparse
@@ -62,7 +61,8 @@ LEGACY_NAMES = ("lora_adapters.pt", ADAPTER_FILE)  # looked for in an old adapte
 LEGACY_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 MANIFEST_MAX_BYTES = 1 << 20
 REQUIRED_FIELDS: dict[str, type] = {"model_name": str, "runtime": dict, "paths": dict}
-RELEASE_ID = re.compile(r"^r\d+-[0-9A-Za-z-]+$")
+RELEASE_ID = re.compile(r"^r(\d+)-[0-9A-Za-z-]+$")
+LOCK_FILE = ".lock"
 
 
 class StoreError(RuntimeError):
@@ -89,6 +89,7 @@ class Release:
 
     @property
     def adapter_path(self) -> Path:
+        """The release's adapter file."""
         return self.path / self.adapter_file
 
     @property
@@ -128,21 +129,34 @@ class AdapterStore:
         return None if rid is None else self._release(rid, manifest)
 
     def releases(self) -> list[Release]:
-        """Every release, oldest first."""
+        """Every intact release, oldest first (damaged ones: :meth:`inventory`)."""
+        return self.inventory()[0]
+
+    def inventory(self) -> tuple[list[Release], list[tuple[str, str]]]:
+        """Intact releases oldest first, and ``(id, problem)`` for each damaged directory named
+        like a release (e.g. no release.json). A damaged *current* release is a StoreError: that
+        one is not skipped."""
         manifest = self.read_manifest()
-        if not self.releases_dir.is_dir():
-            return []
-        out = []
-        for p in self.releases_dir.iterdir():
-            if not (RELEASE_ID.match(p.name) and p.is_dir()):
-                continue
+        current = _current_id(manifest)
+        out, damaged = [], []
+        for p in self._release_dirs():
             try:
                 out.append(self._release(p.name, manifest))
-            except StoreError:
-                if p.exists():
+            except StoreError as exc:
+                if not p.exists():
+                    continue  # pruned by another process while we looked (readers take no lock)
+                if p.name == current:
                     raise
-                # pruned by another process while we looked (readers take no lock)
-        return sorted(out, key=lambda r: (r.generation, r.id))
+                damaged.append((p.name, str(exc)))
+        return sorted(out, key=lambda r: (r.generation, r.id)), sorted(damaged)
+
+    def _release_dirs(self) -> list[Path]:
+        """Directories under ``releases/`` named like a release (complete or not)."""
+        try:
+            entries = list(self.releases_dir.iterdir())
+        except FileNotFoundError:
+            return []
+        return [p for p in entries if RELEASE_ID.match(p.name) and p.is_dir()]
 
     def verify(self, release: Release) -> None:
         """StoreError unless the release's adapter file still hashes to its recorded sha256."""
@@ -168,15 +182,17 @@ class AdapterStore:
         actions: list[str] = []
         if not self.dir.is_dir():
             return actions
+        if not self._needs_recovery():
+            # Nothing to change: check without the lock, so a reader creates no lock file.
+            manifest = self.read_manifest()
+            rid = _current_id(manifest)
+            if rid is not None:
+                self.verify(self._release(rid, manifest))
+            return actions
         with self._locked():
-            for parent, prefix in (
-                (self.releases_dir, TEMP_PREFIX),
-                (self.dir, TEMP_PREFIX),
-                (self.manifest_path.parent, f"{TEMP_PREFIX}{self.manifest_path.name}."),
-            ):
-                for entry in _entries(parent, prefix):
-                    _remove(entry)
-                    actions.append(f"removed leftover {entry}")
+            for entry in self._leftovers():
+                _remove(entry)
+                actions.append(f"removed leftover {entry}")
             manifest = self.read_manifest()
             rid = _current_id(manifest)
             if rid is None:
@@ -191,6 +207,23 @@ class AdapterStore:
                 self._point_current(rid)
                 actions.append(f"pointed current at {rid} (the manifest's release)")
         return actions
+
+    def _leftovers(self) -> list[Path]:
+        """Temp entries a crash left: staged releases, temp symlinks and manifests."""
+        return [
+            entry
+            for parent, prefix in (
+                (self.releases_dir, TEMP_PREFIX),
+                (self.dir, TEMP_PREFIX),
+                (self.manifest_path.parent, f"{TEMP_PREFIX}{self.manifest_path.name}."),
+            )
+            for entry in _entries(parent, prefix)
+        ]
+
+    def _needs_recovery(self) -> bool:
+        """Whether :meth:`recover` has anything to change (leftovers, or a stray ``current``)."""
+        rid = _current_id(self.read_manifest())
+        return bool(self._leftovers()) or (rid is not None and self._link_target() != rid)
 
     def adopt_legacy(self) -> Release | None:
         """Turn an old real ``adapters/current/`` directory into a release, so rollback to it works.
@@ -222,8 +255,9 @@ class AdapterStore:
             manifest = self.read_manifest()
             if manifest is None:
                 manifest = self._template(card)
+            self._check_model(manifest)
             generation = self._next_generation(manifest)
-            rid = f"r{generation}-{_utc_stamp()}"
+            rid = f"r{generation}-{utc_stamp()}"
             release = self._stage(
                 rid,
                 generation,
@@ -236,6 +270,9 @@ class AdapterStore:
 
     def rollback(self, to: str | None = None) -> Release:
         """Make release ``to`` (default: the manifest's ``previous``) current again."""
+        if _current_id(self.read_manifest()) is None and not self._has_legacy_dir():
+            # Refused before taking the lock: a refused rollback creates nothing.
+            raise StoreError(f"{self.manifest_path}: names no release; nothing to roll back")
         with self._locked():
             self._adopt_locked()
             manifest = self.read_manifest()
@@ -268,24 +305,53 @@ class AdapterStore:
                 (manifest or {}).get("previous"),
                 self._link_target(),
             }
-            newest_first = list(reversed(self.releases()))
-            for release in newest_first[keep:]:
-                if release.id in protected:
-                    continue
+            intact, damaged = self.inventory()
+            newest_first = list(reversed(intact))
+            doomed_ids = [r.id for r in newest_first[keep:] if r.id not in protected]
+            # A damaged directory older than the current release is a crash's or a person's
+            # leftover; a newer one may be someone's work in progress: left alone.
+            current_gen = _generation_of(_current_id(manifest))
+            doomed_ids += [
+                rid
+                for rid, _ in damaged
+                if rid not in protected
+                and current_gen is not None
+                and (_generation_of(rid) or 0) < current_gen
+            ]
+            for rid in doomed_ids:
                 # rename first: a crash mid-delete leaves a temp entry, never half a release
-                doomed = self.releases_dir / f"{TEMP_PREFIX}prune-{release.id}"
-                os.rename(release.path, doomed)
+                doomed = self.releases_dir / f"{TEMP_PREFIX}prune-{rid}"
+                os.rename(self.releases_dir / rid, doomed)
                 fsync_dir(self.releases_dir)
                 shutil.rmtree(doomed)
-                removed.append(release.id)
+                removed.append(rid)
         return removed
 
     # ----------------------------------------------------------------------------- internals
 
+    def _has_legacy_dir(self) -> bool:
+        return self.current_link.is_dir() and not self.current_link.is_symlink()
+
+    def _check_model(self, manifest: dict[str, Any]) -> None:
+        """StoreError when the manifest serves another model than this store's policy."""
+        named = manifest.get("model_name")
+        if self.model_name is not None and named != self.model_name:
+            raise StoreError(
+                f"manifest {self.manifest_path} is for model {named!r}; this trainer's policy "
+                f"is {self.model_name!r}: set policy.model_name to {named!r} if this policy "
+                "serves that model"
+            )
+
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        self.releases_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        """Hold the writers' lock; only a verb that writes takes it (it creates the lock file)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        lock = self.dir / LOCK_FILE
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o664)
+            os.fchmod(fd, 0o664)  # group-writable whatever the umask: daemon and operator share it
+        except FileExistsError:
+            fd = os.open(lock, os.O_RDWR)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -346,10 +412,11 @@ class AdapterStore:
         fsync_dir(self.dir)
 
     def _next_generation(self, manifest: dict[str, Any]) -> int:
-        """One above everything seen: the manifest's generation and every release's (a crash
-        can leave a complete release the manifest never named; its id must not be reused)."""
+        """One above everything seen: the manifest's generation and every release directory's
+        ``r<N>-`` prefix (a crash can leave a complete release the manifest never named; its id
+        must not be reused). Reads no release.json, so a damaged directory cannot block it."""
         seen = [int(manifest.get("generation", 0))]
-        seen += [r.generation for r in self.releases()]
+        seen += [_generation_of(p.name) or 0 for p in self._release_dirs()]
         return max(seen) + 1
 
     def _template(self, card: dict[str, Any]) -> dict[str, Any]:
@@ -371,6 +438,7 @@ class AdapterStore:
         card: dict[str, Any],
     ) -> Release:
         """Copy ``sources`` into a temp dir, write release.json and card.json, fsync, rename."""
+        self.releases_dir.mkdir(parents=True, exist_ok=True)
         staging = self.releases_dir / f"{TEMP_PREFIX}{rid}-{secrets.token_hex(4)}"
         staging.mkdir()
         try:
@@ -424,7 +492,7 @@ class AdapterStore:
         else:
             meta = (manifest or {}).get("adapter_meta") or {}
             release = self._stage(
-                f"r{generation}-legacy-{_utc_stamp()}",
+                f"r{generation}-legacy-{utc_stamp()}",
                 generation,
                 sources=sorted(legacy_dir.iterdir()),
                 adapter_file=adapter.name,
@@ -533,12 +601,6 @@ def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------------- files
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def sniff_format(path: Path) -> str:
     """What an adapter file holds, from its first bytes; never loads or unpickles it.
 
@@ -616,6 +678,12 @@ def _legacy_adapter(legacy_dir: Path, manifest: dict[str, Any] | None) -> Path:
     )
 
 
+def _generation_of(release_id: str | None) -> int | None:
+    """The ``N`` of a release id ``r<N>-...``, or None."""
+    match = RELEASE_ID.match(release_id or "")
+    return int(match.group(1)) if match else None
+
+
 def _current_id(manifest: dict[str, Any] | None) -> str | None:
     if manifest is None:
         return None
@@ -648,8 +716,11 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
 
 
-def _utc_stamp() -> str:
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+def utc_stamp(wall: float | None = None) -> str:
+    """``20250101T000000Z`` for ``wall`` (``time.time()`` seconds; default now): release ids and
+    run ids, sortable as text."""
+    when = datetime.now(UTC) if wall is None else datetime.fromtimestamp(wall, UTC)
+    return when.strftime("%Y%m%dT%H%M%SZ")
 
 
 # --------------------------------------------------------------------------------- CLI
@@ -662,10 +733,12 @@ def _store(config: TrainerConfig) -> AdapterStore:
 def releases_command(args: argparse.Namespace, config: TrainerConfig) -> int:
     """``continuon-trainer releases``: one line per release, the current one marked."""
     try:
-        rows = _store(config).releases()
+        rows, damaged = _store(config).inventory()
     except (OSError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    for rid, problem in damaged:
+        print(f"warning: skipped damaged release directory {rid}: {problem}", file=sys.stderr)
     if not rows:
         print(f"no releases under {config.adapters_dir}")
         return 0

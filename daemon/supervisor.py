@@ -50,8 +50,6 @@ class Progress:
     max_steps: int = 0
     loss: float | None = None
     phase: str = "starting"
-    first_step_at: float | None = None  # monotonic time of the first progress line
-    events: int = 0
 
 
 @dataclass
@@ -67,6 +65,7 @@ class Outcome:
 
     @property
     def status(self) -> str:
+        """The job's final status, with a budget kill counted as a failure, not a preemption."""
         kind = (self.killed_by_parent or "").split(":", 1)[0]
         # A child stopped for going over its budget reports "preempted" (it only saw SIGTERM):
         # that is no preemption to resume without backoff, it is a failed job.
@@ -100,6 +99,13 @@ def describe_exit(code: int | None) -> str:
         return f"exit {code}"
 
 
+def _count(value: object, default: int) -> int:
+    """``value`` if it is a non-negative integer, else ``default`` (the child is untrusted)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return default
+
+
 class JobSupervisor:
     """Starts, watches and stops the job child. One job at a time."""
 
@@ -126,18 +132,22 @@ class JobSupervisor:
 
     @property
     def running(self) -> bool:
+        """Whether a child is running (or ended but not yet collected by :meth:`poll`)."""
         return self._proc is not None
 
     @property
     def pid(self) -> int | None:
+        """The running child's pid (also its process group id), or None."""
         return self._proc.pid if self._proc else None
 
     @property
     def elapsed_s(self) -> float:
+        """Seconds since the running child was started; 0 when none runs."""
         return self._monotonic() - self._started_at if self._proc else 0.0
 
     @property
     def spec(self) -> JobSpec | None:
+        """The spec of the job started last."""
         return self._spec
 
     def start(self, spec: JobSpec) -> None:
@@ -192,33 +202,34 @@ class JobSupervisor:
             Path(f"/proc/{pid}/oom_score_adj").write_text(str(CHILD_OOM_SCORE_ADJ))
 
     def _read_progress(self, proc: subprocess.Popen[bytes]) -> None:
+        # This thread must drain stdout until EOF whatever the child prints: if it died, a child
+        # writing progress would block on a full pipe and stall past every budget.
         assert proc.stdout is not None
         for raw in proc.stdout:
             try:
                 event = json.loads(raw)
-            except ValueError:
+                if isinstance(event, dict):
+                    self._apply(event)
+            except (TypeError, ValueError):  # a malformed event: skip it, keep draining
                 continue
-            if isinstance(event, dict):
-                self._apply(event)
 
     def _apply(self, event: dict[str, Any]) -> None:
+        """Fold one progress event into :attr:`progress`; malformed fields are ignored."""
         p = self.progress
-        p.events += 1
         kind = event.get("event")
-        if kind == "progress":
-            if p.first_step_at is None:
-                p.first_step_at = self._monotonic()
-            p.step = int(event.get("step", p.step))
-            p.max_steps = int(event.get("max_steps", p.max_steps))
+        if kind == "started":
+            p.step = _count(event.get("step"), 0)
+            p.max_steps = _count(event.get("max_steps"), 0)
+            p.phase = "training"
+        elif kind == "progress":
+            p.step = _count(event.get("step"), p.step)
+            p.max_steps = _count(event.get("max_steps"), p.max_steps)
+            p.phase = "training"
             loss = event.get("loss")
-            p.loss = float(loss) if isinstance(loss, int | float) else p.loss
-            p.phase = "training"
-        elif kind == "started":
-            p.max_steps = int(event.get("max_steps", 0))
-            p.step = int(event.get("step", 0))
-            p.phase = "training"
-        elif kind == "phase":
-            p.phase = str(event.get("phase", p.phase))
+            if isinstance(loss, int | float) and not isinstance(loss, bool):
+                p.loss = float(loss)
+        elif kind == "phase" and isinstance(event.get("phase"), str):
+            p.phase = event["phase"]
 
     # -- stopping -------------------------------------------------------------------------
 

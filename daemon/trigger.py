@@ -19,9 +19,10 @@ class History:
 
 @dataclass(frozen=True)
 class Trigger:
+    """Whether to start a job now, and why (or why not)."""
+
     ready: bool
     reason: str
-    wait_s: float = 0.0  # when not ready because of time, how long until it may be
 
 
 def backoff_s(failures: int, cfg: ServiceConfig) -> float:
@@ -45,12 +46,11 @@ def trigger(
             return Trigger(
                 False,
                 f"backing off after {history.failures_in_a_row} failed job(s): {wait:.0f} s left",
-                wait,
             )
     if history.last_job_end is not None:
         wait = history.last_job_end + cfg.cooldown_s - now
         if wait > 0:
-            return Trigger(False, f"cooldown: {wait:.0f} s left", wait)
+            return Trigger(False, f"cooldown: {wait:.0f} s left")
     if cfg.max_jobs_per_day is not None and history.jobs_last_24h >= cfg.max_jobs_per_day:
         return Trigger(False, f"daily cap reached ({cfg.max_jobs_per_day} jobs in 24 h)")
     return Trigger(True, f"{new_valid} new episodes")

@@ -77,9 +77,11 @@ class EpisodeWatcher:
 
     @property
     def alive(self) -> bool:
+        """Whether the watching thread still runs (it ends on an error, see ``error``)."""
         return self._thread is not None and self._thread.is_alive()
 
     def stop(self) -> None:
+        """Stop the watching thread and wait briefly for it to end."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=3)

@@ -16,11 +16,17 @@ written — nobody wants one.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-Need = Literal["required", "optional", "off"]
+
+def _yaml_off(value: Any) -> Any:
+    # YAML 1.1 reads a bare ``off`` as False; ``on``/True names no need level, so it stays an error.
+    return "off" if value is False else value
+
+
+Need = Annotated[Literal["required", "optional", "off"], BeforeValidator(_yaml_off)]
 
 KNOWN_MODES = (
     "idle",
@@ -37,7 +43,7 @@ NEVER_ALLOWED_MODES = (*TELEOP_MODES, "autonomous", "emergency_stop")
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ModeSignal(_Section):
@@ -112,11 +118,15 @@ class LoadSignal(_Section):
 
 
 class MemorySignal(_Section):
+    """Close while the available memory is under ``min_available_mb``."""
+
     need: Need = "required"
     min_available_mb: float = Field(256.0, ge=0)
 
 
 class DiskSignal(_Section):
+    """Close while the free space on ``path``'s file system is under ``min_free_mb``."""
+
     need: Need = "required"
     path: Path = Path(".")
     min_free_mb: float = Field(500.0, ge=0)

@@ -56,6 +56,8 @@ class Verdict:
 
 @dataclass(frozen=True)
 class GateState:
+    """The gate's memory between decisions: open or not, and since when."""
+
     open: bool = False
     good_since: float | None = None
     closed_at: float | None = None  # monotonic time of the last open -> closed transition
@@ -191,6 +193,7 @@ class GateDecision:
         return "closed: " + "; ".join(self.reasons)
 
     def to_json(self) -> dict[str, Any]:
+        """The decision as a JSON-ready mapping (for the status file)."""
         return {
             "open": self.open,
             "reasons": list(self.reasons),

@@ -38,9 +38,11 @@ class Reading:
 
     @property
     def ok(self) -> bool:
+        """Whether there is a value (no error)."""
         return self.error is None
 
     def to_json(self) -> dict[str, Any]:
+        """The reading as a JSON-ready mapping."""
         age = None if self.age_s is None else round(self.age_s, 3)
         return {"source": self.source, "value": self.value, "age_s": age, "error": self.error}
 
@@ -99,6 +101,7 @@ class ModeFileSource:
         self.label = f"mode file {path}"
 
     def read(self) -> dict[str, Reading]:
+        """The ``mode`` reading; its age is how long the mode has lasted."""
         data, mtime, error = _read_json(self.path, "mode file")
         if error is not None and error.endswith(" missing"):
             error += (
@@ -133,6 +136,7 @@ class SignalsFileSource:
         self.label = f"signals file {path}"
 
     def read(self) -> dict[str, Reading]:
+        """``mode``, ``battery`` and ``temperature`` from the file; nothing when it is stale."""
         data, mtime, error = _read_json(self.path, "signals file")
         if error is not None:
             return _failed(self.label, error, *self.signals)
@@ -224,6 +228,8 @@ class StatusHttpSource:
         self._fetched_at = 0.0
 
     def read(self) -> dict[str, Reading]:
+        """Runtime liveness, ``mode`` and ``battery``, asking the endpoint at most every
+        ``refresh_s``; ages count from the last answer."""
         now = self.monotonic()
         if self._cached is None or now - self._fetched_at >= self.refresh_s:
             self._cached = self._fetch()
@@ -303,6 +309,7 @@ class ThermalSource:
         return chosen, None
 
     def read(self) -> dict[str, Reading]:
+        """The ``temperature`` reading: the hottest chosen zone, in degrees C."""
         if self._zones is None:
             self._zones, error = self._resolve()
             if error is not None:
@@ -332,6 +339,7 @@ class PowerSupplySource:
         self.label = f"power supply {root} [{', '.join(selectors) or 'type Battery'}]"
 
     def read(self) -> dict[str, Reading]:
+        """The ``battery`` reading: the emptiest battery's percent and whether it charges."""
         try:
             supplies = sorted(self.root.iterdir())
         except OSError as exc:
@@ -373,6 +381,7 @@ class PsutilBatterySource:
     label = "psutil battery"
 
     def read(self) -> dict[str, Reading]:
+        """The ``battery`` reading from psutil, or a failed one when no battery is reported."""
         try:
             bat = psutil.sensors_battery()
         except Exception as exc:  # psutil's platform code may raise anything on odd hardware
@@ -460,6 +469,7 @@ class CpuLoadSource:
             self._samples.popleft()
 
     def read(self) -> dict[str, Reading]:
+        """The ``load`` reading: other processes' CPU percent over the window (sampled here)."""
         now = self.monotonic()
         if not self._samples or now - self._samples[-1][0] >= self.interval_s:
             self._sample(now)
@@ -475,10 +485,13 @@ class CpuLoadSource:
 
 
 class MemorySource:
+    """Available memory in MB, from psutil."""
+
     signals = ("memory",)
     label = "available memory"
 
     def read(self) -> dict[str, Reading]:
+        """The ``memory`` reading: available MB."""
         try:
             available = psutil.virtual_memory().available / 2**20
         except (OSError, psutil.Error) as exc:
@@ -487,6 +500,8 @@ class MemorySource:
 
 
 class DiskSource:
+    """Free space in MB on the file system holding ``path``, from psutil."""
+
     signals = ("disk",)
 
     def __init__(self, path: Path) -> None:
@@ -494,6 +509,7 @@ class DiskSource:
         self.label = f"free disk at {path}"
 
     def read(self) -> dict[str, Reading]:
+        """The ``disk`` reading: free MB on ``path``'s file system."""
         try:
             free = psutil.disk_usage(str(self.path)).free / 2**20
         except OSError as exc:

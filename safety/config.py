@@ -20,8 +20,8 @@ class EnvelopeConfig(_Section):
     """The proximity envelope: a person closer than ``radius_m`` raises the risk."""
 
     status: str = "nominal"
-    radius_m: float = Field(1.2, gt=0, allow_inf_nan=False)
-    decay: float = Field(0.12, ge=0, allow_inf_nan=False)
+    radius_m: float = Field(1.2, gt=0)
+    decay: float = Field(0.12, ge=0)
 
 
 class SafetyConfig(_Section):
@@ -39,9 +39,7 @@ class SafetyConfig(_Section):
     block_threshold: float = Field(0.6, ge=0, le=1)
     envelope: EnvelopeConfig = Field(default_factory=EnvelopeConfig)
     proximity_path: str | None = "step_metadata.human_distance_m"
-    max_jump: float = Field(
-        0.5, gt=0, allow_inf_nan=False, description="action change per step counted as a jump"
-    )
+    max_jump: float = Field(0.5, gt=0, description="action change per step counted as a jump")
     max_jump_per_name: dict[str, float] = Field(
         default_factory=dict, description="per-name overrides of max_jump (action units)"
     )

@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -120,11 +121,13 @@ class Robot:
         seed: int = 5,
     ) -> Robot:
         """A root with ``episodes`` synthetic episodes staged (not yet in the watched folder)."""
+        from daemon.demo import manifest_template
         from tests.daemon_harness import deep_merge
 
-        root, config = make_root(
-            work, extra=deep_merge(RELIABILITY_CONFIG, extra or {}), base=base, mode="idle"
-        )
+        # Promotion refuses a manifest naming another model: serve the one make_root writes.
+        served = {"policy": {"model_name": manifest_template(work)["model_name"]}}
+        merged = deep_merge(deep_merge(RELIABILITY_CONFIG, served), extra or {})
+        root, config = make_root(work, extra=merged, base=base, mode="idle")
         staging = work / "staging"
         synth(
             root,
@@ -235,7 +238,9 @@ class Invariants:
         assert manifest is not None, "manifest vanished"
         current = store.current()
         generation = int(manifest.get("generation", 0))
-        assert generation >= self.generation, f"generation went down {self.generation} -> {generation}"
+        assert generation >= self.generation, (
+            f"generation went down {self.generation} -> {generation}"
+        )
         self.generation = generation
         self.checks["manifest_parses"] += 1
         self.checks["generation_monotonic"] += 1
@@ -272,7 +277,11 @@ class Invariants:
         assert len(paths) == len(set(paths)), "a path has two rows"
         hashes = Counter(r[2] for r in rows if r[1] == "valid")
         assert all(n == 1 for n in hashes.values()), f"duplicated content: {hashes.most_common(2)}"
+        on_disk = {str(p) for p in episode_entries(root)}
         for path, state, _, reason in rows:
+            if state == "gone":  # archived by the test: the row stays, never re-counted
+                assert path not in on_disk, path
+                continue
             want = "rejected" if Path(path).name in expect_rejected else "valid"
             assert state == want, f"{path}: {state} ({reason}), expected {want}"
             if state == "rejected":
@@ -331,7 +340,7 @@ class CrashReport:
             "moments": dict(self.moments),
             "orphans_reaped": self.orphans_reaped,
             "reaped_in_log": self.reaped_in_log,
-            "promotions_during": self.promotions_during,
+            "promotions_total": self.promotions_during,
             "final_promoted": self.final_promoted,
             "episodes_dropped": self.episodes_dropped,
             "episodes_lost": self.episodes_lost,
@@ -388,8 +397,10 @@ def crash_campaign(
             else:  # around evaluation and promotion: the child reports phase "eval"
                 robot.ensure_job()
                 wait_until(
-                    lambda: (status(robot.root).get("job") or {}).get("phase") == "eval"
-                    or job_pid(robot.root) is None,
+                    lambda: (
+                        (status(robot.root).get("job") or {}).get("phase") == "eval"
+                        or job_pid(robot.root) is None
+                    ),
                     60,
                     "evaluation",
                     robot.log,
@@ -425,18 +436,47 @@ def crash_campaign(
                 time.sleep(rng.uniform(0.3, 1.5))
                 robot.mode("idle")
             say(f"kill {i + 1}/{kills}: {kind} at {moment}; generation {inv.generation}")
-        # Let one cycle finish after all the kills: it must promote.
+        # Nothing lost after all the kills: every dropped episode is in the ledger, valid.
+        inv.ledger(robot.root, {BAD_EPISODE})
+        valid = {Path(r[0]).name for r in ledger_rows(robot.root) if r[1] == "valid"}
+        on_disk = {p.name for p in episode_entries(robot.root)} - {BAD_EPISODE}
+        report.episodes_dropped = robot.dropped
+        report.episodes_lost = len(on_disk - valid) + (robot.dropped - len(on_disk))
+        # Let one cycle finish after all the kills: it must promote. The robot's task changes
+        # (another steering bias) and the old episodes are archived, so a candidate trained on
+        # the new data clearly beats the current release: this measures the pipeline, not the
+        # luck of a same-data candidate against the rule's margin.
         gen_before = inv.generation
-        robot.drop(4)
+        robot.mode("manual_control")
+        archive = work / "archived"
+        archive.mkdir()
+        for entry in episode_entries(robot.root):
+            if entry.name != BAD_EPISODE:
+                os.rename(entry, archive / entry.name)
+        fresh = work / "fresh"
+        synth(
+            robot.root,
+            fresh,
+            "--episodes",
+            "16",
+            "--steps",
+            EPISODE_STEPS,
+            "--seed",
+            str(seed + 1000),
+            "--steering-bias",
+            "-0.2",
+        )
+        for entry in sorted(fresh.iterdir()):
+            os.rename(entry, robot.episodes / entry.name)
         robot.mode("idle")
-        final = wait_until(
-            lambda: [d for d in robot.decisions() if d["verdict"] == "promoted"],
-            180,
+        manifest = robot.root / "model" / "manifest.json"
+        wait_until(
+            lambda: json.loads(manifest.read_text()).get("generation", 0) > gen_before,
+            240,
             "a promotion after the kills",
             robot.log,
         )
         report.final_promoted = True
-        promoted_seen.update(d["job_id"] for d in final)
         rid = inv.manifest(robot.root)
         assert inv.generation > gen_before and rid is not None
         inv.ledger(robot.root, {BAD_EPISODE})
@@ -447,14 +487,14 @@ def crash_campaign(
         robot.start()
         robot.wait_ready()
         inv.runs_cleaned(robot.root, before)
+        inv.current_link(robot.root, inv.manifest(robot.root))
         assert robot.stop() == 0, robot.tail()
         assert not abandoned_runs(robot.root), abandoned_runs(robot.root)
         inv.checks["all_runs_have_results"] += 1
-        valid = {Path(r[0]).name for r in ledger_rows(robot.root) if r[1] == "valid"}
-        on_disk = {p.name for p in episode_entries(robot.root)} - {BAD_EPISODE}
-        report.episodes_dropped = robot.dropped
-        report.episodes_lost = len(on_disk - valid) + (robot.dropped - len(on_disk))
-        report.promotions_during = len(promoted_seen)
+        for d in robot.decisions():
+            if d["verdict"] == "promoted":
+                promoted_seen.add(d["job_id"])
+        report.promotions_during = inv.generation
     finally:
         if robot.proc is not None and robot.proc.poll() is None:
             robot.proc.kill()
@@ -506,3 +546,190 @@ def fill(folder: Path, name: str = ".filler") -> int:
             except OSError:
                 break
     return written
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile input
+
+
+@dataclass
+class HostileReport:
+    cases: Counter[str] = field(default_factory=Counter)
+    flood: int = 0
+    flood_ingest_s: float = 0.0
+    rss_before_mb: float = 0.0
+    rss_after_mb: float = 0.0
+    rejected_with_reason: int = 0
+    elapsed_s: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "cases": dict(self.cases),
+            "flood": self.flood,
+            "flood_ingest_s": round(self.flood_ingest_s, 1),
+            "rss_before_mb": round(self.rss_before_mb, 1),
+            "rss_after_mb": round(self.rss_after_mb, 1),
+            "rejected_with_reason": self.rejected_with_reason,
+            "elapsed_s": round(self.elapsed_s, 1),
+        }
+
+
+def ledger_row(root: Path, name: str) -> tuple[str, str | None, int | None, str | None] | None:
+    """``(status, content_hash, n_steps, reason)`` of the episode ``name``, or None."""
+    db = root / "state" / "ledger.sqlite3"
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        return conn.execute(
+            "SELECT status, content_hash, n_steps, reason FROM episodes WHERE path = ?",
+            (str(root / "rlds" / "episodes" / name),),
+        ).fetchone()
+    finally:
+        conn.close()
+
+
+def wait_row(
+    robot: Robot, name: str, predicate: Callable[[tuple[Any, ...]], bool], what: str
+) -> tuple[Any, ...]:
+    def ok() -> tuple[Any, ...] | None:
+        try:
+            row = ledger_row(robot.root, name)
+        except sqlite3.Error:
+            return None
+        return row if row is not None and predicate(row) else None
+
+    return wait_until(ok, 60, f"{name}: {what}", robot.log)
+
+
+def hostile_campaign(
+    work: Path, base: Path, flood: int, say: Callable[[str], None] = lambda _: None
+) -> HostileReport:
+    """Hostile input against a running daemon (gate closed by teleop, so only ingest works):
+    a slow writer, a truncated episode, an episode replaced while it is read, a symlink swap,
+    ``flood`` episodes at once, a garbage and a vanished mode file. Raises AssertionError when
+    the daemon dies, the ledger is wrong, or a bad episode has no reason."""
+    from trainer_core.rlds.hashing import content_hash
+
+    t0 = time.monotonic()
+    report = HostileReport()
+    robot = Robot.create(work, base, episodes=9, seed=21)
+    robot.mode("manual_control")
+    robot.drop(4)
+    spare = sorted(robot.staging.iterdir())  # 5 left: material for the cases below
+    robot.start()
+    try:
+        robot.wait_ready()
+        wait_until(lambda: (status(robot.root).get("ledger") or {}).get("valid") == 4, 60, "4")
+        assert robot.proc is not None
+        report.rss_before_mb = rss_mb(robot.proc.pid)
+        folder = robot.episodes
+
+        # 1. A slow writer straight into the folder: steps appended line by line for ~2 s.
+        source = spare[0]
+        lines = (source / "steps" / "000000.jsonl").read_text().splitlines(keepends=True)
+        slow = folder / "slow-writer"
+        (slow / "steps").mkdir(parents=True)
+        (slow / "metadata.json").write_bytes((source / "metadata.json").read_bytes())
+        with open(slow / "steps" / "000000.jsonl", "a") as f:
+            for line in lines:
+                f.write(line)
+                f.flush()
+                time.sleep(2.0 / len(lines))
+        row = wait_row(robot, slow.name, lambda r: r[0] == "valid" and r[2] == len(lines), "all")
+        report.cases["slow_writer"] += 1
+        say(f"slow writer: valid with {row[2]} steps")
+
+        # 2. Truncated mid-write: the writer died inside a step line.
+        cut = folder / "truncated"
+        (cut / "steps").mkdir(parents=True)
+        (cut / "metadata.json").write_bytes((spare[1] / "metadata.json").read_bytes())
+        text = (spare[1] / "steps" / "000000.jsonl").read_text()
+        (cut / "steps" / "000000.jsonl").write_text(text[: len(text) // 2])
+        row = wait_row(robot, cut.name, lambda r: r[0] == "rejected", "rejected")
+        assert row[3], row
+        report.cases["truncated"] += 1
+        say(f"truncated: rejected: {row[3][:120]}")
+
+        # 3. Replaced while being read: its steps file swapped between two contents 100 times.
+        flip = folder / "replaced"
+        shutil.copytree(spare[2], work / "flip-a")
+        (work / "flip-b").mkdir()
+        other = (spare[3] / "steps" / "000000.jsonl").read_bytes()
+        mine = (spare[2] / "steps" / "000000.jsonl").read_bytes()
+        os.rename(work / "flip-a", flip)
+        for i in range(100):
+            tmp = work / "flip-b" / "next.jsonl"
+            tmp.write_bytes(other if i % 2 == 0 else mine)
+            os.replace(tmp, flip / "steps" / "000000.jsonl")
+            time.sleep(0.02)
+        final = content_hash(flip)
+        row = wait_row(robot, flip.name, lambda r: r[1] == final, "hash of the final bytes")
+        assert row[0] == "valid", row
+        report.cases["replaced_while_read"] += 1
+        say("replaced while read: the ledger holds the final bytes' hash")
+
+        # 4. Symlink swap: an ingested episode dir replaced by a symlink leaving the folder.
+        swap = folder / spare[4].name
+        os.rename(spare[4], swap)
+        wait_row(robot, swap.name, lambda r: r[0] == "valid", "valid before the swap")
+        outside = work / "outside-target"
+        os.rename(swap, outside)
+        os.symlink(outside, swap)
+        row = wait_row(robot, swap.name, lambda r: r[0] == "rejected", "rejected after swap")
+        assert "leaves the episodes folder" in (row[3] or ""), row
+        report.cases["symlink_swap"] += 1
+        say(f"symlink swap: {row[3]}")
+
+        # 5. A garbage mode file, then none at all: the gate stays closed, the daemon up.
+        (robot.root / ".robot_mode").write_bytes(os.urandom(300))
+        wait_until(
+            lambda: (
+                any("mode" in r for r in (status(robot.root).get("gate") or {}).get("reasons", []))
+                and not status(robot.root)["gate"]["open"]
+            ),
+            30,
+            "a closed gate naming the mode file",
+            robot.log,
+        )
+        (robot.root / ".robot_mode").unlink()
+        time.sleep(1.0)
+        gate = status(robot.root)["gate"]
+        assert not gate["open"] and any("mode" in r for r in gate["reasons"]), gate
+        report.cases["mode_garbage"] += 1
+        report.cases["mode_vanished"] += 1
+        robot.mode("manual_control")
+
+        # 6. A flood: ``flood`` distinct episodes renamed in at once.
+        before = int((status(robot.root).get("ledger") or {}).get("valid", 0))
+        pool = work / "flood"
+        synth(robot.root, pool, "--episodes", str(flood), "--steps", "5", "--seed", "99")
+        started = time.monotonic()
+        for entry in pool.iterdir():
+            os.rename(entry, folder / entry.name)
+        wait_until(
+            lambda: (status(robot.root).get("ledger") or {}).get("valid", 0) >= before + flood,
+            max(120, flood / 10),
+            f"{flood} flooded episodes ingested",
+            robot.log,
+        )
+        report.flood = flood
+        report.flood_ingest_s = time.monotonic() - started
+        report.cases["flood"] += 1
+        say(f"flood of {flood}: ingested in {report.flood_ingest_s:.1f} s")
+
+        assert robot.proc.poll() is None, robot.tail()
+        report.rss_after_mb = rss_mb(robot.proc.pid)
+        assert robot.stop() == 0, robot.tail()
+        from daemon.ledger import Ledger
+
+        with Ledger.open(robot.root / "state" / "ledger.sqlite3") as ledger:
+            rejected = dict(ledger.rejected(limit=100_000))
+        expected = {str(cut), str(swap)}
+        assert expected <= set(rejected), rejected
+        assert all(rejected[p] for p in rejected), rejected
+        report.rejected_with_reason = len(rejected)
+    finally:
+        if robot.proc is not None and robot.proc.poll() is None:
+            robot.proc.kill()
+            robot.proc.wait(timeout=10)
+    report.elapsed_s = time.monotonic() - t0
+    return report

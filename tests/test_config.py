@@ -104,3 +104,30 @@ def test_legacy_json_roundtrip_is_json(tmp_path):
     )
     cfg, _ = load_config(path)
     assert cfg.root == Path("/data") and cfg.job.max_steps == 7
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("gate: {temperature: {close_at_c: .nan}}", "gate.temperature.close_at_c"),
+        ("job: {max_wall_time_s: .inf}", "job.max_wall_time_s"),
+    ],
+)
+def test_nan_and_inf_are_refused(tmp_path, text, key):
+    # A NaN temperature ceiling compares false with everything: the gate would fail open.
+    with pytest.raises(ConfigError, match=rf"trainer\.yaml: {key}: .*finite"):
+        load_config(write(tmp_path, "trainer.yaml", text))
+
+
+def test_non_utf8_config_is_a_config_error(tmp_path):
+    path = tmp_path / "trainer.yaml"
+    path.write_bytes(b"job: {max_steps: 5}\n# caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"trainer\.yaml: not UTF-8"):
+        load_config(path)
+
+
+def test_bare_yaml_off_means_need_off(tmp_path):
+    cfg, _ = load_config(write(tmp_path, "trainer.yaml", "gate: {battery: {need: off}}"))
+    assert cfg.gate.battery.need == "off"
+    with pytest.raises(ConfigError, match=r"gate\.battery\.need"):
+        load_config(write(tmp_path, "trainer.yaml", "gate: {battery: {need: on}}"))

@@ -152,7 +152,7 @@ def test_end_to_end_promote_then_reject_unsafe(tmp_path, base_checkpoint):
         assert first["verdict"] == "promoted", first
         manifest = json.loads(manifest_path.read_text())
         assert manifest["adapter_meta"]["release_id"] == first["release"]
-        assert manifest["model_name"] == "continuon-demo-policy"  # runtime fields kept
+        assert manifest["notes"] == "Written by `continuon-trainer demo`."  # runtime fields kept
         assert Path(manifest["paths"]["adapter"]).is_file()
         assert not torch_mapped(proc.pid)
 
@@ -306,3 +306,85 @@ def test_once_force_runs_one_cycle_despite_teleop(tmp_path, base_checkpoint):
         timeout=60,
     )
     assert again.returncode == 0 and "nothing to do" in again.stderr
+
+
+def test_once_says_why_it_cannot_train(tmp_path):
+    root, config = make_root(tmp_path, base=None, mode="idle")  # no base policy
+    synth(root, root / "rlds" / "episodes", "--episodes", "4", "--steps", "20", "--seed", "9")
+    done = subprocess.run(
+        [*CLI, "--root", str(root), "--config", str(config), "once", "--force"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "cannot train: no base policy at" in done.stderr
+
+
+def test_one_daemon_per_state_folder_and_reload_is_acknowledged(tmp_path, base_checkpoint):
+    root, config = make_root(tmp_path, base=base_checkpoint, mode="manual_control")
+    notify = NotifySocket(tmp_path / "notify.sock")
+    proc = start_daemon(root, config, notify)
+    log = root / "daemon.log"
+    try:
+        wait_until(lambda: notify.lines("READY=1"), 30, "READY=1", log)
+        second = subprocess.run(
+            [*CLI, "--root", str(root), "--config", str(config), "once"],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=60,
+        )
+        assert second.returncode == 2
+        assert "another continuon-trainer (pid" in second.stderr
+        assert proc.poll() is None
+        # A valid reload is acknowledged with READY=1 (after RELOADING=1), as sd_notify wants.
+        text = config.read_text().replace("cooldown_s: 0", "cooldown_s: 5")
+        config.write_text(text)
+        proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: len(notify.lines("READY=1")) >= 2, 10, "READY=1 after reload", log)
+        assert notify.lines("RELOADING=1")
+        assert "config_reloaded" in log.read_text()
+        assert stop(proc) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        notify.close()
+
+
+@pytest.mark.parametrize(
+    ("damage", "shape_ok"),
+    [
+        ({"updated_at": None}, False),
+        ({"last_decisions": "promoted"}, False),
+        ({"last_decisions": ["promoted"]}, False),
+        # Inner fields are not checked on reading: render shows them as "?" instead.
+        ({"job": {"job_id": "r1", "step": 3}}, True),  # no phase, no max_steps, no budget
+        ({"gate": {"open": True, "reasons": "ok"}}, True),
+    ],
+)
+def test_status_survives_a_malformed_status_file(tmp_path, capsys, damage, shape_ok):
+    from daemon.config import load_config
+    from daemon.status import read_status, render, status_command
+
+    cfg, _ = load_config(None, root=str(tmp_path))
+    snapshot = {
+        "pid": os.getpid(),
+        "updated_at": time.time(),
+        "status_line": "idle: waiting",
+        "gate": {"open": False, "reasons": ["mode manual_control"]},
+        "ledger": None,
+        "job": None,
+        "current_release": None,
+        "last_decisions": [],
+        **damage,
+    }
+    cfg.status_path.parent.mkdir(parents=True)
+    cfg.status_path.write_text(json.dumps(snapshot))
+    for as_json in (False, True):
+        assert status_command(type("Args", (), {"json": as_json})(), cfg) == 0
+    assert "continuon-trainer:" in capsys.readouterr().out
+    assert (read_status(cfg.status_path) is not None) == shape_ok
+    if "job" in damage:
+        assert "job        r1 ?: step 3/?, loss ?" in render(snapshot, running=True)

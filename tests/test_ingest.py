@@ -3,12 +3,17 @@ as a real subprocess."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -204,6 +209,97 @@ def test_unlistable_folder_reports_and_marks_nothing_gone(tmp_path: Path, ledger
     report = scan(folder, ledger, LIMITS, 0.25, LATER)
     assert report.error is not None and "cannot list the episodes folder" in report.error
     assert _status(ledger) == {"ep": "valid"}
+
+
+def _scan_with_timeout(folder: Path, ledger_path: Path, fifos: list[Path], timeout_s: float):
+    """Scan in a thread; a scan stuck in open() on a FIFO fails the test instead of hanging it."""
+    out: dict[str, Any] = {}
+
+    def work() -> None:
+        with Ledger.open(ledger_path) as led:
+            out["report"] = scan(folder, led, LIMITS, 0.25, LATER)
+            out["status"] = _status(led)
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        for fifo in fifos:  # a writer's open releases the reader blocked in open()
+            with contextlib.suppress(OSError):
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(5)
+        pytest.fail("scan blocked on a FIFO in the episodes folder")
+    return out["report"], out["status"]
+
+
+def test_fifos_are_refused_without_being_opened(tmp_path: Path) -> None:
+    folder = _folder(tmp_path)
+    write_a(folder, "good", [step(0)])
+    os.mkfifo(folder / "pipe.json")
+    inner = write_a(folder, "inner", [step(0)])
+    os.mkfifo(inner / "steps" / "000001.jsonl")
+    fifos = [folder / "pipe.json", inner / "steps" / "000001.jsonl"]
+    report, status = _scan_with_timeout(folder, tmp_path / "l.sqlite3", fifos, timeout_s=20)
+    reasons = {Path(k).name: why for k, why in report.rejections}
+    assert reasons == {
+        "pipe.json": "not a regular file (fifo)",
+        "inner": "steps/000001.jsonl: not a regular file (fifo)",
+    }
+    assert status == {"good": "valid", "pipe.json": "rejected", "inner": "rejected"}
+
+
+def test_content_hash_refuses_a_fifo_without_blocking(tmp_path: Path) -> None:
+    from trainer_core.rlds import content_hash
+
+    d = write_a(tmp_path, "ep", [step(0)])
+    os.mkfifo(d / "steps" / "000001.jsonl")
+    os.mkfifo(tmp_path / "pipe.json")
+    for target in (d, tmp_path / "pipe.json"):
+        with pytest.raises(OSError, match=r"not a regular file \(fifo\)"):
+            content_hash(target)
+
+
+def test_content_hash_skips_what_discovery_ignores(tmp_path: Path) -> None:
+    from trainer_core.rlds import content_hash, is_ignored_name
+
+    d = write_a(tmp_path, "ep", [step(0)])
+    base = content_hash(d)
+    for name in ("000001.jsonl.part", "000001.jsonl.partial", ".x.swp", "~lock", "a~"):
+        assert is_ignored_name(name)
+        (d / "steps" / name).write_text("a producer's unfinished write")
+    (d / "~scratch").mkdir()
+    (d / "~scratch" / "frame.jpg").write_bytes(b"\xff\xd8")
+    assert content_hash(d) == base
+
+
+def test_scan_past_its_deadline_defers_new_entries(tmp_path: Path, ledger: Ledger) -> None:
+    folder = _folder(tmp_path)
+    write_a(folder, "old", [step(0)])
+    assert scan(folder, ledger, LIMITS, 0.25, LATER).valid == 1
+    write_a(folder, "new", [step(0)])
+    write_b(folder, "b.json", {"metadata": {}, "steps": [step(0)]})
+    late = scan(folder, ledger, LIMITS, 0.25, LATER, deadline=time.monotonic() - 1.0)
+    assert late.incomplete and late.as_dict()["incomplete"] is True
+    assert (late.new, late.valid, late.rejected, late.gone, late.unchanged) == (0, 0, 0, 0, 1)
+    assert _status(ledger) == {"old": "valid"}  # nothing new recorded, nothing marked gone
+    done = scan(folder, ledger, LIMITS, 0.25, LATER, deadline=time.monotonic() + 600)
+    assert not done.incomplete and (done.new, done.valid) == (2, 2)
+    assert _status(ledger) == {"old": "valid", "new": "valid", "b.json": "valid"}
+
+
+def test_rescan_of_unchanged_episodes_writes_nothing(tmp_path: Path, ledger: Ledger) -> None:
+    folder = _folder(tmp_path)
+    write_a(folder, "ep", [step(0)])
+    scan(folder, ledger, LIMITS, 0.25, LATER)
+    db = tmp_path / "state" / "ledger.sqlite3"
+
+    def last_seen() -> list[tuple[str, float]]:
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            return conn.execute("SELECT path, last_seen FROM episodes").fetchall()
+
+    before = last_seen()
+    assert scan(folder, ledger, LIMITS, 0.25, LATER + 100).unchanged == 1
+    assert last_seen() == before
 
 
 # -- continuon-trainer validate -------------------------------------------------------------------

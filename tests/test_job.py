@@ -345,3 +345,26 @@ def test_base_init_card_describes_the_weights(tmp_path: Path) -> None:
     loaded = load_base(out, PolicyConfig(), feats)
     assert loaded.sha256 == card.sha256
     np.testing.assert_array_equal(loaded.normalizer.obs_std, np.ones(3, np.float32))
+
+
+def test_base_commands_refuse_to_overwrite_without_force(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import argparse
+
+    from daemon.config import load_config
+    from trainer_core.base import init_command, pretrain_command
+
+    config, _ = load_config(None, root=str(tmp_path))
+    out = tmp_path / "base" / "policy.safetensors"
+    init = argparse.Namespace(out=out, seed=0, force=False)
+    assert init_command(init, config) == 0
+    first = out.read_bytes()
+    assert init_command(argparse.Namespace(out=out, seed=1, force=False), config) == 1
+    assert "current releases (adapters) were all trained on it" in capsys.readouterr().err
+    assert out.read_bytes() == first
+    pretrain = argparse.Namespace(out=out, episodes=tmp_path / "none", steps=1, seed=0, force=False)
+    assert pretrain_command(pretrain, config) == 1
+    assert "--force" in capsys.readouterr().err and out.read_bytes() == first
+    assert init_command(argparse.Namespace(out=out, seed=1, force=True), config) == 0
+    assert out.read_bytes() != first

@@ -17,8 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from daemon.supervisor import JobSupervisor
+from safety.config import SafetyConfig
 from tests.test_job import PICKLE_PROTOCOLS, World, build_world, run_job, write_spec
-from trainer_core.spec import ExitCode, JobResult
+from trainer_core.config import FeaturesConfig, IngestConfig, JobConfig, LoraConfig, PolicyConfig
+from trainer_core.spec import ExitCode, JobResult, JobSpec
 
 REPO = Path(__file__).resolve().parent.parent
 RESUME_TOLERANCE = 1e-5  # relative; restoring RNG, optimiser and data cursor should make it exact
@@ -137,10 +140,60 @@ def test_unusable_spec_exits_invalid_with_a_result(tmp_path: Path) -> None:
     run_dir.mkdir()
     (run_dir / "spec.json").write_text('{"run_id": "r"}')
     proc = spawn(run_dir / "spec.json")
-    proc.communicate(timeout=60)
+    out, _ = proc.communicate(timeout=60)
     assert proc.returncode == ExitCode.INVALID
+    started = json.loads(out.splitlines()[0])
+    assert started["event"] == "started" and started["max_steps"] == 0  # an int, never null
     result = result_of(run_dir)
     assert result.status == "invalid" and "train_episodes" in result.reason
+
+
+FLOODING_CHILD = """#!/bin/sh
+# Stands in for the interpreter: a malformed event first, then more output than a pipe holds.
+echo '{"event": "started", "max_steps": null}'
+echo '{"event": "progress", "step": "x", "max_steps": [1], "loss": "nan"}'
+echo '{"event": "phase", "phase": null}'
+i=0
+while [ $i -lt 4000 ]; do
+  echo '{"event": "progress", "step": 7, "max_steps": 9, "loss": 0.5, "pad": "%s"}'
+  i=$((i + 1))
+done
+"""
+
+
+def test_supervisor_keeps_draining_stdout_after_malformed_progress(tmp_path: Path) -> None:
+    # ~400 KB of progress after malformed events: if the reader thread died on them, the child
+    # would block on the full pipe and never end.
+    pad = "p" * 80
+    child = tmp_path / "fake-python"
+    child.write_text(FLOODING_CHILD.replace("%s", pad))
+    child.chmod(0o755)
+    run_dir = tmp_path / "run"
+    spec = JobSpec(
+        run_id="run",
+        run_dir=run_dir,
+        train_episodes=[tmp_path / "ep"],
+        eval_episodes=[],
+        base_path=tmp_path / "base.safetensors",
+        features=FeaturesConfig(),
+        policy=PolicyConfig(),
+        lora=LoraConfig(),
+        job=JobConfig(),
+        ingest=IngestConfig(),
+        safety=SafetyConfig(),
+    )
+    state = tmp_path / "state"
+    state.mkdir()
+    supervisor = JobSupervisor(state, os.environ, python=str(child))
+    supervisor.start(spec)
+    outcome = supervisor.wait(20)
+    if outcome is None:
+        supervisor.stop("test", grace_s=0.1)
+        supervisor.wait(5)
+        pytest.fail("the child blocked on its stdout: the progress reader stopped draining")
+    assert outcome.exit_code == 0
+    assert (supervisor.progress.step, supervisor.progress.max_steps) == (7, 9)
+    assert supervisor.progress.loss == 0.5
 
 
 RELOAD = """

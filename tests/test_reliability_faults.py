@@ -224,9 +224,7 @@ def test_corrupt_ledger_is_refused_and_the_documented_recovery_works(tmp_path, b
     ledger = robot.root / "state" / "ledger.sqlite3"
     try:
         robot.wait_ready()
-        wait_until(
-            lambda: (status(robot.root).get("ledger") or {}).get("valid") == 6, 30, "ingest"
-        )
+        wait_until(lambda: (status(robot.root).get("ledger") or {}).get("valid") == 6, 30, "ingest")
         assert robot.stop() == 0, robot.tail()
         junk = os.urandom(8192)
         ledger.write_bytes(junk)

@@ -479,6 +479,58 @@ def test_recover_refuses_a_manifest_naming_a_missing_release(tmp_path: Path, mod
         store.recover()
 
 
+def test_a_stray_release_dir_blocks_nothing(tmp_path: Path, model: Path) -> None:
+    store = new_store(model, sample_manifest())
+    a = store.promote(make_candidate(tmp_path, "a"), card())
+    stray_old = model / "adapters" / "releases" / "r0-20250101T000000Z"  # no release.json
+    stray_old.mkdir()
+    b = store.promote(make_candidate(tmp_path, "b"), card())
+    assert b.generation == 2
+    stray_new = model / "adapters" / "releases" / "r7-20990101T000000Z"
+    stray_new.mkdir()
+    assert [r.id for r in store.releases()] == [a.id, b.id]
+    _, damaged = store.inventory()
+    assert [d[0] for d in damaged] == [stray_old.name, stray_new.name]
+    assert "missing release.json" in damaged[0][1]
+    c = store.promote(make_candidate(tmp_path, "c"), card())
+    assert c.id.startswith("r8-")  # never reuses a number a directory already holds
+    assert store.rollback().id == b.id
+    # The damaged dir older than current goes; the newer one may be work in progress.
+    assert store.prune(5) == [stray_old.name]
+    assert stray_new.is_dir()
+
+
+def test_read_only_verbs_create_nothing(tmp_path: Path, model: Path) -> None:
+    store = new_store(model, sample_manifest())
+    assert store.current() is None and store.releases() == []
+    assert store.recover() == []
+    with pytest.raises(StoreError, match="names no release"):
+        store.rollback()
+    assert rollback_command(argparse.Namespace(release=None), config_for(model)) == 1
+    assert releases_command(argparse.Namespace(), config_for(model)) == 0
+    assert not (model / "adapters").exists()
+    (model / "adapters").mkdir()  # an existing but empty store folder
+    with pytest.raises(StoreError, match="names no release"):
+        store.rollback()
+    assert store.recover() == []
+    assert list((model / "adapters").iterdir()) == []
+    store.promote(make_candidate(tmp_path, "a"), card())
+    assert (model / "adapters" / ".lock").stat().st_mode & 0o777 == 0o664
+
+
+def test_promotion_refuses_a_manifest_for_another_model(tmp_path: Path, model: Path) -> None:
+    store = new_store(model, sample_manifest(), model_name="continuon-mlp-policy")
+    before = (model / "manifest.json").read_bytes()
+    with pytest.raises(StoreError, match="is for model 'gemma-3n'; this trainer's policy is"):
+        store.promote(make_candidate(tmp_path, "a"), card())
+    assert (model / "manifest.json").read_bytes() == before
+    assert not (model / "adapters" / "releases").exists() or not any(
+        (model / "adapters" / "releases").iterdir()
+    )
+    same = new_store(model, None, model_name="gemma-3n")
+    assert same.promote(make_candidate(tmp_path, "b"), card()).generation == 1
+
+
 def test_store_imports_neither_torch_nor_numpy() -> None:
     code = (
         "import sys, daemon.store; "

@@ -28,7 +28,7 @@ from torch import nn
 
 from trainer_core.config import FeaturesConfig, IngestConfig, JobConfig, PolicyConfig
 from trainer_core.features import Normalizer, read_split
-from trainer_core.fsio import atomic_write_bytes, atomic_write_json
+from trainer_core.fsio import atomic_write_bytes, atomic_write_json, sha256_file
 from trainer_core.policies import build_policy
 from trainer_core.train import Budget, LoopState, make_optimizer, train_loop
 
@@ -55,6 +55,8 @@ class BaseCard(BaseModel):
 
 @dataclass
 class LoadedBase:
+    """A base policy loaded for use: the module, its card, normalizer and file sha256."""
+
     model: nn.Module
     card: BaseCard
     normalizer: Normalizer
@@ -64,14 +66,6 @@ class LoadedBase:
 def card_path(base_path: Path) -> Path:
     """Where a base's card lives: beside it, ``.json`` for its suffix."""
     return Path(base_path).with_suffix(".json")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def identity_normalizer(features: FeaturesConfig) -> Normalizer:
@@ -256,9 +250,24 @@ def pretrain_base(
     return save_base(model, out, policy, features, normalizer, "pretrain", training)
 
 
+def refuse_overwrite(out: Path, force: bool) -> bool:
+    """True (after saying why on stderr) when ``out`` exists and ``--force`` was not given."""
+    if force or not Path(out).exists():
+        return False
+    print(
+        f"error: a base already exists at {out}. The current releases (adapters) were all "
+        "trained on it: replacing it would invalidate every one of them. Pass --force to "
+        "replace it anyway.",
+        file=sys.stderr,
+    )
+    return True
+
+
 def init_command(args: Any, config: Any) -> int:
     """``continuon-trainer base init``: fresh seeded weights sized from the feature spec."""
     out = args.out or config.policy.base_path
+    if refuse_overwrite(out, getattr(args, "force", False)):
+        return 1
     torch.manual_seed(args.seed)
     features = config.features
     model = build_policy(len(features.observation_names), len(features.action_names), config.policy)
@@ -278,6 +287,8 @@ def init_command(args: Any, config: Any) -> int:
 def pretrain_command(args: Any, config: Any) -> int:
     """``continuon-trainer base pretrain``: train a base on the episodes in a folder."""
     out = args.out or config.policy.base_path
+    if refuse_overwrite(out, getattr(args, "force", False)):
+        return 1
     try:
         card = pretrain_base(
             episode_paths(args.episodes),

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class IngestConfig(_Section):
@@ -74,10 +74,12 @@ class FeaturesConfig(_Section):
 
     @property
     def observation_names(self) -> list[str]:
+        """Every observation feature name, in model input order."""
         return [n for g in self.observation for n in g.names]
 
     @property
     def action_names(self) -> list[str]:
+        """Every action name, in model output order."""
         return [n for g in self.action for n in g.names]
 
 
@@ -88,6 +90,12 @@ class PolicyConfig(_Section):
     hidden: list[int] = Field(default_factory=lambda: [64, 64])
     activation: Literal["relu", "gelu", "tanh", "silu"] = "gelu"
     base_path: Path = Path("model/base/policy.safetensors")
+    model_name: str = Field(
+        "continuon-mlp-policy",
+        min_length=1,
+        description="the manifest's model_name this policy serves; promotion refuses a "
+        "manifest naming another model",
+    )
 
     @field_validator("hidden")
     @classmethod

@@ -181,12 +181,15 @@ class Normalizer:
         )
 
     def norm_obs(self, obs: np.ndarray) -> np.ndarray:
+        """Observations standardised with the training split's mean and std (float32)."""
         return ((obs - self.obs_mean) / self.obs_std).astype(np.float32)
 
     def norm_act(self, act: np.ndarray) -> np.ndarray:
+        """Actions standardised with the training split's mean and std (float32)."""
         return ((act - self.act_mean) / self.act_std).astype(np.float32)
 
     def denorm_act(self, act: np.ndarray) -> np.ndarray:
+        """Standardised actions back in their original units (float32)."""
         return (act * self.act_std + self.act_mean).astype(np.float32)
 
     def to_json(self) -> dict[str, Any]:
@@ -223,10 +226,12 @@ class Normalizer:
         return cls(list(obs), list(act), arrays[0], arrays[1], arrays[2], arrays[3])
 
     def save(self, path: Path) -> None:
+        """Write the normalizer to ``path`` as JSON, atomically."""
         atomic_write_json(path, self.to_json())
 
     @classmethod
     def load(cls, path: Path) -> Normalizer:
+        """Read a normalizer written by :meth:`save`."""
         return cls.from_json(json.loads(Path(path).read_text()))
 
 

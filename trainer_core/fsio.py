@@ -8,6 +8,7 @@ A reader therefore sees either the old file or the new one, never a torn one.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -66,3 +67,9 @@ def fsync_tree(root: Path) -> None:
             finally:
                 os.close(fd)
         fsync_dir(Path(dirpath))
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes (read in chunks, never all at once)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()

@@ -60,6 +60,7 @@ class Preemption:
         self.abort_immediately = True
 
     def handler(self, signum: int, frame: Any) -> None:
+        """SIGTERM handler: note the request; abort at once while training has not begun."""
         self.requested = True
         if self.abort_immediately:
             raise PreemptedNow
@@ -321,7 +322,7 @@ def _main(argv: list[str] | None, t0: float, preempt: Preemption) -> int:
                 {
                     "event": "started",
                     "pid": os.getpid(),
-                    "max_steps": spec.job.max_steps if spec else None,
+                    "max_steps": spec.job.max_steps if spec else 0,
                 }
             )
         result.run_id = spec.run_id

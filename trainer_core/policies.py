@@ -34,6 +34,7 @@ class MLPPolicy(nn.Module):
         self.head = nn.Linear(sizes[-1], n_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Actions (normalised) for a batch of normalised observations."""
         for layer in self.layers:
             x = self.act(layer(x))
         return self.head(x)

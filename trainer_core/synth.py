@@ -218,7 +218,10 @@ def write_synthetic_episodes(
         paths.append(final)
         if final.exists():
             continue
-        rng = np.random.default_rng([seed, i, round(steering_bias * 1000), round(speed * 1000)])
+        # Seeds must be non-negative: a negative bias wraps around instead of crashing.
+        rng = np.random.default_rng(
+            [seed, i, round(steering_bias * 1000) % 2**32, round(speed * 1000) % 2**32]
+        )
         t0_ms = START_TIME_UNIX_MS + i * 600_000
         rows = simulate(n_steps, rng, opts)
         staging = out / f".{episode_id}.staging"

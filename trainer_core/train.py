@@ -98,6 +98,7 @@ def epoch_permutation(n: int, seed: int, epoch: int, device: torch.device) -> to
 
 
 def make_optimizer(params: list[nn.Parameter], job: JobConfig) -> torch.optim.AdamW:
+    """AdamW over ``params`` with the job's learning rate and weight decay."""
     return torch.optim.AdamW(params, lr=job.learning_rate, weight_decay=job.weight_decay)
 
 

@@ -27,10 +27,10 @@ from typing import Any
 
 from trainer_core.config import IngestConfig
 from trainer_core.fsio import TEMP_PREFIX, fsync_dir, fsync_tree
+from trainer_core.rlds.hashing import COMPLETE_MARKER
 
 STAGING_PREFIX = TEMP_PREFIX + "import-"
 STEPS_SHARD = "steps/000000.jsonl"
-COMPLETE_MARKER = "COMPLETE"
 SCHEMA_VERSION = "1.1"
 IMPORT_EXTRA_HINT = "pip install 'continuon-trainer[import]'"
 
@@ -90,10 +90,38 @@ class ImportSummary:
     steps: int = 0
 
     def line(self, label: str, out: Path) -> str:
+        """One summary line for the operator."""
         return (
             f"{label}: {len(self.written)} episode(s) written, {len(self.skipped)} already "
             f"present and skipped, {self.steps} step(s) written to {out}"
         )
+
+
+def find_sources(
+    src: Path, is_source: Callable[[Path], bool], expected: str, none_found: str
+) -> dict[Path, str]:
+    """Folders at or under ``src`` that ``is_source`` accepts (never descending into one), with
+    their names: the folder name, or the path below ``src`` (joined by ``-``) where two folders
+    share a name. ``SourceError`` when ``src`` is no directory (``expected`` says what it should
+    be) or holds none (``none_found``)."""
+    if not src.is_dir():
+        raise SourceError(src, f"not a directory (expected {expected})")
+    if is_source(src):
+        return {src: src.resolve().name}
+    roots: list[Path] = []
+    for dirpath, dirnames, _files in os.walk(src):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        here = Path(dirpath)
+        if here != src and is_source(here):
+            roots.append(here)
+            dirnames[:] = []
+    if not roots:
+        raise SourceError(src, none_found)
+    basenames = [r.name for r in roots]
+    return {
+        r: r.name if basenames.count(r.name) == 1 else "-".join(r.relative_to(src).parts)
+        for r in roots
+    }
 
 
 def safe_name(text: str) -> str:

@@ -15,7 +15,6 @@ inputs go to ``observation.named_state``; timestamps are kept.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from trainer_core.importers.common import (
     ImportedEpisode,
     ImportSummary,
     SourceError,
+    find_sources,
     finite_float,
     mark_episode_ends,
     run_import,
@@ -359,24 +359,12 @@ def _looks_like_tub(path: Path) -> bool:
 
 def find_tubs(src: Path) -> dict[Path, str]:
     """Tubs at or under ``src``, with their names (folder name, or path where names repeat)."""
-    if not src.is_dir():
-        raise SourceError(src, "not a directory (expected a Donkeycar tub folder)")
-    if _looks_like_tub(src):
-        return {src: src.resolve().name}
-    tubs: list[Path] = []
-    for dirpath, dirnames, _files in os.walk(src):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        here = Path(dirpath)
-        if here != src and _looks_like_tub(here):
-            tubs.append(here)
-            dirnames[:] = []
-    if not tubs:
-        raise SourceError(src, "no Donkeycar tub found: expected manifest.json here or below")
-    basenames = [t.name for t in tubs]
-    return {
-        t: t.name if basenames.count(t.name) == 1 else "-".join(t.relative_to(src).parts)
-        for t in tubs
-    }
+    return find_sources(
+        src,
+        _looks_like_tub,
+        "a Donkeycar tub folder",
+        "no Donkeycar tub found: expected manifest.json here or below",
+    )
 
 
 def iter_tub_episodes(src: Path, max_gap_s: float = DEFAULT_MAX_GAP_S) -> Iterator[ImportedEpisode]:

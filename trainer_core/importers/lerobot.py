@@ -19,7 +19,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 import re
 import struct
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ from trainer_core.importers.common import (
     ImportSummary,
     MissingExtraError,
     SourceError,
+    find_sources,
     finite_float,
     finite_vector,
     mark_episode_ends,
@@ -169,26 +169,12 @@ def _looks_like_dataset(path: Path) -> bool:
 def find_datasets(src: Path) -> dict[Path, str]:
     """Dataset roots at or under ``src`` (not descending into a dataset), with their names:
     the folder name, or the path below ``src`` where two folders share a name."""
-    if not src.is_dir():
-        raise SourceError(src, "not a directory (expected a LeRobot dataset folder)")
-    if _looks_like_dataset(src):
-        return {src: src.resolve().name}
-    roots: list[Path] = []
-    for dirpath, dirnames, _files in os.walk(src):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        here = Path(dirpath)
-        if here != src and _looks_like_dataset(here):
-            roots.append(here)
-            dirnames[:] = []
-    if not roots:
-        raise SourceError(
-            src, "no LeRobot dataset found: expected meta/info.json here or in a sub-folder"
-        )
-    basenames = [r.name for r in roots]
-    return {
-        r: r.name if basenames.count(r.name) == 1 else "-".join(r.relative_to(src).parts)
-        for r in roots
-    }
+    return find_sources(
+        src,
+        _looks_like_dataset,
+        "a LeRobot dataset folder",
+        "no LeRobot dataset found: expected meta/info.json here or in a sub-folder",
+    )
 
 
 # --- metadata ---------------------------------------------------------------------------------

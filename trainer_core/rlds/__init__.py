@@ -21,7 +21,7 @@ from pathlib import Path
 from trainer_core.config import IngestConfig
 from trainer_core.episode import Episode
 from trainer_core.rlds.errors import EpisodeError, NotTrainingData
-from trainer_core.rlds.hashing import content_hash
+from trainer_core.rlds.hashing import content_hash, is_ignored_name
 
 __all__ = [
     "EpisodeError",
@@ -38,15 +38,6 @@ _TFRECORD = re.compile(r"\.tfrecord(\.gz)?$|\.tfrecord-\d+-of-\d+$")
 # Files that live beside episodes but are not episodes (TFDS dataset descriptions).
 _SIDECARS = frozenset({"features.json", "dataset_info.json"})
 _PROMOTION_PREFIX = "adapter_promotion"
-
-
-def is_ignored_name(name: str) -> bool:
-    """Hidden, temporary or partial names a producer may still be writing."""
-    return (
-        name.startswith(".")
-        or name.endswith((".tmp", "~", ".part", ".partial", ".swp"))
-        or name.startswith("~")
-    )
 
 
 def kind_of(name: str, is_dir: bool) -> str | None:

@@ -110,6 +110,7 @@ def find_non_finite(value: Any) -> tuple[list[str | int], float] | None:
 
 
 def describe_non_finite(v: float) -> str:
+    """The rejection reason for a NaN or infinite value."""
     return f"not a finite number (got {json.dumps(v)})"
 
 

@@ -38,6 +38,7 @@ _DOTTED_META = {"continuon.xr_mode": "xr_mode", "continuon.control_role": "contr
 
 
 def max_bytes(limits: IngestConfig) -> int:
+    """The per-file size limit in bytes (``ingest.max_file_mb``)."""
     return int(limits.max_file_mb * 1024 * 1024)
 
 
@@ -101,6 +102,7 @@ def is_camel(metadata: dict[str, Any], first_step: Any) -> bool:
 
 
 def camel_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    """camelCase metadata keys as snake_case, dotted legacy keys mapped to their plain names."""
     out = snake_keys({k: v for k, v in metadata.items() if k not in _DOTTED_META})
     for dotted, plain in _DOTTED_META.items():
         if dotted in metadata:
@@ -186,6 +188,7 @@ def make_step(raw: Any, i: int, n: int) -> Step:
 
 
 def build_steps(raws: list[Any], where: validate.Where) -> list[Step]:
+    """Canonical steps from raw step objects; an error names the step via ``where``."""
     n = len(raws)
     steps = []
     for i, raw in enumerate(raws):
@@ -273,6 +276,8 @@ def _finish(
 
 
 def episode_id_of(metadata: dict[str, Any], fallback: str, label: str) -> str:
+    """The metadata's ``episode_id``, or ``fallback`` when absent; EpisodeError if not a
+    non-empty string."""
     eid = metadata.get("episode_id")
     if eid is None:
         return fallback

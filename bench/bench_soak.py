@@ -1,0 +1,182 @@
+"""Compressed-time soak of the real daemon: many short jobs, a flapping gate, episodes arriving.
+
+    .venv/bin/python bench/bench_soak.py [--minutes 30] [--seed S]
+
+The daemon runs under a notify socket the bench binds (systemd's side) with WATCHDOG_USEC set.
+A synthetic robot drops two episodes every few seconds and flips its mode file between idle and
+manual_control at random (a flapping gate: jobs start, get preempted, resume, promote or get
+rejected). Jobs are tiny (``max_steps`` 20). Reported: the daemon's RSS over time and its
+slope (no growth trend), jobs started / preempted / promoted / rejected / failed, and watchdog
+misses (a gap between WATCHDOG=1 pings longer than WATCHDOG_USEC; must be 0). The issue's soak
+is 30 minutes (the default); ``--minutes 2`` is a quick look. Last stdout line: figures JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.daemon_harness import NotifySocket, group_alive  # noqa: E402
+from tests.reliability_harness import Robot, job_pid, job_processes, make_base, rss_mb  # noqa: E402
+
+WATCHDOG_USEC = 2_000_000
+SOAK_CONFIG = {
+    "job": {"max_steps": 20, "log_every_steps": 5},
+    "service": {"cooldown_s": 0, "min_new_episodes": 2},
+}
+DROP_EVERY_S = 6.0
+SAMPLE_EVERY_S = 5.0
+RSS_SLOPE_TARGET_MB_PER_H = 20.0
+
+
+def slope_per_hour(samples: list[tuple[float, float]]) -> float:
+    """Least-squares slope of (seconds, MB) samples, in MB per hour."""
+    if len(samples) < 3:
+        return 0.0
+    ts = [t for t, _ in samples]
+    ys = [y for _, y in samples]
+    mt, my = statistics.fmean(ts), statistics.fmean(ys)
+    var = sum((t - mt) ** 2 for t in ts)
+    if var == 0:
+        return 0.0
+    return sum((t - mt) * (y - my) for t, y in zip(ts, ys, strict=True)) / var * 3600.0
+
+
+def count_events(log: str) -> dict[str, int]:
+    """Job outcomes from the daemon's JSON log lines."""
+    counts = dict.fromkeys(("started", "preempted", "promoted", "rejected", "failed"), 0)
+    for line in log.splitlines():
+        try:
+            event = json.loads(line[3:]) if line.startswith("<") else None
+        except ValueError:
+            continue
+        if not isinstance(event, dict):
+            continue
+        name = event.get("event")
+        if name == "job_started":
+            counts["started"] += 1
+        elif name == "job_ended" and event.get("status") == "preempted":
+            counts["preempted"] += 1
+        elif name == "candidate_promoted":
+            counts["promoted"] += 1
+        elif name == "candidate_rejected":
+            counts["rejected"] += 1
+        elif name == "job_failed":
+            counts["failed"] += 1
+    return counts
+
+
+def figure(name: str, value: float, unit: str, target: str, ok: bool | None) -> dict:
+    return {"name": name, "value": float(value), "unit": unit, "target": target, "pass": ok}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument("--full", action="store_true", help="accepted; the default is full size")
+    args = parser.parse_args(argv)
+    rng = random.Random(args.seed)
+    duration = args.minutes * 60.0
+    drops = int(duration / DROP_EVERY_S) + 4
+    with tempfile.TemporaryDirectory(prefix="bench-soak-") as tmp:
+        work = Path(tmp)
+        base = make_base(work / "shared")
+        robot = Robot.create(work / "robot", base, episodes=2 * drops + 8, extra=SOAK_CONFIG)
+        notify = NotifySocket(work / "notify.sock")
+        robot.drop(6)
+        robot.mode("idle")
+        robot.start(notify=notify, watchdog_usec=WATCHDOG_USEC)
+        samples: list[tuple[float, float]] = []
+        flips = 0
+        try:
+            robot.wait_ready()
+            assert robot.proc is not None
+            t0 = time.monotonic()
+            next_drop = next_sample = t0
+            next_flip = t0 + rng.uniform(5, 20)
+            mode = "idle"
+            while (now := time.monotonic()) - t0 < duration:
+                if robot.proc.poll() is not None:
+                    raise SystemExit(f"daemon died: {robot.tail()}")
+                if now >= next_sample:
+                    samples.append((now - t0, rss_mb(robot.proc.pid)))
+                    next_sample += SAMPLE_EVERY_S
+                if now >= next_drop:
+                    robot.drop(2)
+                    next_drop += DROP_EVERY_S
+                if now >= next_flip:
+                    mode = "manual_control" if mode == "idle" else "idle"
+                    robot.mode(mode)
+                    flips += 1
+                    # busy spells are short, idle spells long enough for a job to finish
+                    next_flip = now + (rng.uniform(1, 6) if mode != "idle" else rng.uniform(4, 25))
+                time.sleep(0.2)
+            elapsed = time.monotonic() - t0
+            child = job_pid(robot.root)
+            code = robot.stop()
+            stale = [p for p in job_processes(robot.root)]
+            if child is not None and group_alive(child):
+                stale.append(child)
+        finally:
+            if robot.proc is not None and robot.proc.poll() is None:
+                robot.proc.kill()
+            notify.close()
+        pings = [t for t, _ in notify.lines("WATCHDOG=1")]
+        gaps = [b - a for a, b in itertools.pairwise(pings)]
+        misses = sum(g > WATCHDOG_USEC / 1e6 for g in gaps)
+        counts = count_events(robot.log.read_text())
+    warm = [s for s in samples if s[0] >= min(60.0, duration * 0.1)]
+    slope = slope_per_hour(warm)
+    rss_first = warm[0][1] if warm else 0.0
+    rss_last = warm[-1][1] if warm else 0.0
+    rss_max = max((y for _, y in samples), default=0.0)
+    print(f"soak {elapsed / 60:.1f} min; daemon exit {code}; mode flips {flips}")
+    shown = samples[:: max(1, len(samples) // 12)]
+    print(f"RSS samples (s, MB): {[(round(t), round(y, 1)) for t, y in shown]}")
+    print(f"RSS {rss_first:.1f} -> {rss_last:.1f} MB (max {rss_max:.1f}); slope {slope:.2f} MB/h")
+    print(f"jobs {counts}; watchdog pings {len(pings)}, largest gap {max(gaps, default=0):.2f} s")
+    figures = [
+        figure("soak duration", elapsed / 60, "min", f">= {args.minutes:g}", None),
+        figure(
+            "daemon RSS slope",
+            slope,
+            "MB/h",
+            f"< {RSS_SLOPE_TARGET_MB_PER_H:g}",
+            abs(slope) < RSS_SLOPE_TARGET_MB_PER_H,
+        ),
+        figure("daemon RSS max", rss_max, "MB", "", None),
+        figure("jobs started", counts["started"], "jobs", "> 0", counts["started"] > 0),
+        figure("jobs preempted", counts["preempted"], "jobs", "", None),
+        figure("jobs promoted", counts["promoted"], "jobs", "> 0", counts["promoted"] > 0),
+        figure("jobs rejected", counts["rejected"], "jobs", "", None),
+        figure("jobs failed", counts["failed"], "jobs", "0", counts["failed"] == 0),
+        figure("gate flips", flips, "flips", "", None),
+        figure("watchdog misses", misses, "misses", "0", misses == 0 and len(pings) > 0),
+        figure(
+            "largest watchdog gap", max(gaps, default=0.0), "s", f"< {WATCHDOG_USEC / 1e6:g}", None
+        ),
+        figure(
+            "clean stop, no stale child",
+            1.0 if code == 0 and not stale else 0.0,
+            "bool",
+            "1",
+            code == 0 and not stale,
+        ),
+    ]
+    print(json.dumps({"figures": figures}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
