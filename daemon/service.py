@@ -19,7 +19,6 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from daemon.ledger import Ledger
 from daemon.logs import configure_logging, get_logger
 from daemon.notify import Notifier
 from daemon.status import write_status
-from daemon.store import AdapterStore, Release, StoreError
+from daemon.store import AdapterStore, Release, StoreError, utc_stamp
 from daemon.supervisor import JobSupervisor, Outcome, read_result, reap_orphan
 from daemon.trigger import History, trigger
 from daemon.watcher import EpisodeWatcher
@@ -58,10 +57,6 @@ class Phase(StrEnum):
     PROMOTING = "promoting"
     COOLDOWN = "cooldown"
     STOPPING = "stopping"
-
-
-def utc_stamp(wall: float) -> str:
-    return datetime.fromtimestamp(wall, UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
 class Service:
@@ -284,7 +279,7 @@ class Service:
             self.cfg.ingest,
             self.cfg.job.eval_fraction,
             self._wall(),
-            deadline=self._monotonic() + budget,
+            deadline=time.monotonic() + budget,  # scan measures its slice on the real clock
         )
         # Settling episodes and an unfinished slice produce no further events: look again soon.
         wait = self.cfg.service.rescan_interval_s
