@@ -150,6 +150,14 @@ def main(argv: list[str] | None = None) -> int:
             figure("flood ingested", h.get("flood", 0), "episodes", f"{flood}", hok),
             figure("flood ingest time", h.get("flood_ingest_s", 0), "s", "", None),
             figure(
+                "watchdog misses under hostile input (10 s)",
+                h.get("watchdog_misses", -1),
+                "misses",
+                "0",
+                hok and h.get("watchdog_misses") == 0,
+            ),
+            figure("largest watchdog gap", h.get("watchdog_max_gap_s", 0), "s", "< 10", None),
+            figure(
                 "daemon RSS growth under hostile input", growth, "MB", "< 100", hok and growth < 100
             ),
             figure(

@@ -73,6 +73,7 @@ def count_events(log: str) -> dict[str, int]:
             counts["rejected"] += 1
         elif name == "job_failed":
             counts["failed"] += 1
+            print(f"job failed: {event.get('job_id')}: {event.get('reason')}")
     return counts
 
 
@@ -135,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         pings = [t for t, _ in notify.lines("WATCHDOG=1")]
         gaps = [b - a for a, b in itertools.pairwise(pings)]
         misses = sum(g > WATCHDOG_USEC / 1e6 for g in gaps)
+        for (a, _), (b, _) in itertools.pairwise(notify.lines("WATCHDOG=1")):
+            if b - a > WATCHDOG_USEC / 2e6 * 1.5:
+                print(f"watchdog gap {b - a:.2f} s at {a - t0:.0f} s into the soak")
         counts = count_events(robot.log.read_text())
     warm = [s for s in samples if s[0] >= min(60.0, duration * 0.1)]
     slope = slope_per_hour(warm)

@@ -101,8 +101,24 @@ def discover(episodes_dir: Path) -> list[Path]:
             except OSError:
                 is_dir = False
             if kind_of(e.name, is_dir) is not None:
-                out.append(Path(e.path))
-    return sorted(out)
+                out.append(e.path)
+    out.sort()  # as strings: sorting Path objects costs more than the whole stat walk
+    return [Path(p) for p in out]
+
+
+def named(episodes_dir: Path, names: set[str]) -> list[Path]:
+    """The entries among ``names`` (top-level names the watcher saw change) that exist and look
+    like episodes, sorted."""
+    out = []
+    for name in sorted(names):
+        path = episodes_dir / name
+        try:
+            is_dir = path.is_dir()
+        except OSError:
+            is_dir = False
+        if os.path.lexists(path) and kind_of(name, is_dir) is not None:
+            out.append(path)
+    return out
 
 
 def escapes(path: Path, root: Path) -> str | None:
@@ -228,7 +244,7 @@ def _process(
         )
         return
     twin = ledger.valid_path_with_hash(digest, key)
-    if twin is not None and twin in present:
+    if twin is not None and (twin in present or os.path.lexists(twin)):
         _reject(
             ledger,
             report,
@@ -261,22 +277,25 @@ def scan(
     eval_fraction: float,
     now: float,
     deadline: float | None = None,
+    only: set[str] | None = None,
 ) -> ScanReport:
     """Bring the ledger in line with ``episodes_dir`` (see the module docstring for the rules).
     ``now`` is the wall clock (``time.time()``), injectable for tests. Past ``deadline`` (a
     ``time.monotonic()`` value) no further new or changed entry is read: they stay as they are
-    in the ledger for the next scan, and ``report.incomplete`` says to rescan soon."""
+    in the ledger for the next scan, and ``report.incomplete`` says to rescan soon. ``only``:
+    look at these top-level names alone (what the watcher saw change), not the whole folder;
+    entries of the ledger outside them are left as they are."""
     report = ScanReport()
     ledger.ensure_splits(eval_fraction)
     episodes_dir = Path(episodes_dir)
     try:
         root = episodes_dir.resolve(strict=True)
-        entries = discover(episodes_dir)
+        entries = discover(episodes_dir) if only is None else named(episodes_dir, only)
     except OSError as exc:
         # Never mark everything gone because the folder is briefly unreadable.
         report.error = f"{episodes_dir}: cannot list the episodes folder ({exc.strerror or exc})"
         return report
-    known = ledger.known()
+    known = ledger.known(None if only is None else [str(episodes_dir / n) for n in only])
     present = {str(p) for p in entries}
 
     def out_of_time() -> bool:

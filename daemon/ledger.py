@@ -171,10 +171,15 @@ class Ledger:
 
     # -- episodes (written by daemon.ingest.scan) -------------------------------------------
 
-    def known(self) -> dict[str, KnownEntry]:
-        """Every recorded path with its signature, content hash and status."""
-        rows = self._db.execute("SELECT path, signature, content_hash, status FROM episodes")
-        return {r[0]: KnownEntry(*r) for r in rows}
+    def known(self, paths: list[str] | None = None) -> dict[str, KnownEntry]:
+        """Every recorded path (or those of ``paths``) with signature, content hash and status."""
+        query = "SELECT path, signature, content_hash, status FROM episodes"
+        if paths is not None and len(paths) <= 500:  # SQLite caps the number of parameters
+            rows = self._db.execute(f"{query} WHERE path IN ({','.join('?' * len(paths))})", paths)
+            return {r[0]: KnownEntry(*r) for r in rows}
+        wanted = None if paths is None else set(paths)
+        rows = self._db.execute(query)
+        return {r[0]: KnownEntry(*r) for r in rows if wanted is None or r[0] in wanted}
 
     def known_hash(self, path: str) -> str | None:
         """The stored content hash of a non-gone path."""

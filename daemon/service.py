@@ -42,6 +42,7 @@ DAY_S = 86_400.0
 STATUS_EVERY_S = 1.0  # progress alone rewrites the status file at most this often
 SCAN_SLICE_S = 2.0  # one scan processes new episodes for at most this long ...
 SCAN_SLICE_JOB_S = 0.1  # ... or this long while a job runs (the gate is polled every 0.25 s)
+WATCHERLESS_RESCAN_S = 5.0  # full rescans this often while the watcher is down
 STORE_RETRY_S = 30.0  # how often an unusable adapter store is looked at again
 
 
@@ -252,7 +253,7 @@ class Service:
             if self.supervisor.running
             else self.cfg.service.poll_interval_s
         )
-        changed = self.watcher.wait(interval)
+        self.watcher.wait(interval)  # wakes early when the episodes folder changes
         if self.stop_requested:
             return
         if self._reload_requested:
@@ -260,8 +261,7 @@ class Service:
         if not self.watcher.alive and self.cfg.paths.episodes.is_dir():
             self.log.warning("watcher_restarted", error=self.watcher.error)
             self.watcher = self._start_watcher()
-        if changed or self._monotonic() >= self._next_rescan:
-            self.rescan()
+        self.rescan()
         self.gate_decision = self.gate.poll()
         self._log_gate_change(self.gate_decision)
         self.advance(self.gate_decision)
@@ -269,8 +269,17 @@ class Service:
         self.notifier.watchdog()
 
     def rescan(self) -> None:
-        """Bring the ledger up to date with the episodes folder, in slices; log rejections."""
+        """Bring the ledger up to date with the episodes folder, in slices; log rejections.
+
+        Between full rescans (every ``rescan_interval_s``, and while a slice or settling
+        episodes are pending) only the entries the watcher saw change are looked at, so
+        detection does not slow down as the folder grows.
+        """
         changed = self.watcher.take_changes()
+        now = self._monotonic()
+        full = now >= self._next_rescan
+        if not full and not changed:
+            return
         # While a job runs the gate must be polled every 0.25 s: scan in short slices then.
         budget = SCAN_SLICE_JOB_S if self.supervisor.running else SCAN_SLICE_S
         report = scan(
@@ -280,15 +289,22 @@ class Service:
             self.cfg.job.eval_fraction,
             self._wall(),
             deadline=time.monotonic() + budget,  # scan measures its slice on the real clock
+            only=None if full else changed,
         )
-        # Settling episodes and an unfinished slice produce no further events: look again soon.
-        wait = self.cfg.service.rescan_interval_s
-        if report.incomplete:
-            wait = 0.0
-        elif report.pending:
-            wait = min(wait, self.cfg.ingest.settle_s / 2 + 0.1)
-        self._next_rescan = self._monotonic() + wait
-        self.rescanning = report.incomplete
+        if full:
+            # An unfinished slice or settling episodes produce no further events: look again
+            # soon; otherwise at the periodic interval.
+            wait = self.cfg.service.rescan_interval_s
+            if report.incomplete:
+                wait = 0.0
+            elif report.pending:
+                wait = min(wait, self.cfg.ingest.settle_s / 2 + 0.1)
+            if not self.watcher.alive:  # no events to rely on: poll the folder instead
+                wait = min(wait, WATCHERLESS_RESCAN_S)
+            self._next_rescan = now + wait
+            self.rescanning = report.incomplete
+        elif report.incomplete or report.pending:
+            self._next_rescan = min(self._next_rescan, now + self.cfg.ingest.settle_s / 2 + 0.1)
         if report.error != self._scan_error:
             if report.error:
                 self.log.error("episodes_folder_unreadable", error=report.error)

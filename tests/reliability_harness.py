@@ -11,6 +11,7 @@ patching our own functions.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -29,6 +30,7 @@ import psutil
 
 from daemon.store import AdapterStore
 from tests.daemon_harness import (
+    NotifySocket,
     cli,
     group_alive,
     make_root,
@@ -551,6 +553,10 @@ def fill(folder: Path, name: str = ".filler") -> int:
 # ---------------------------------------------------------------------------------------------
 # Hostile input
 
+# The systemd unit says WatchdogSec=60s; a 10 s watchdog here still catches a loop that a flood
+# of episodes blocks for long, without failing on a busy test machine's scheduling hiccups.
+HOSTILE_WATCHDOG_USEC = 10_000_000
+
 
 @dataclass
 class HostileReport:
@@ -560,6 +566,9 @@ class HostileReport:
     rss_before_mb: float = 0.0
     rss_after_mb: float = 0.0
     rejected_with_reason: int = 0
+    watchdog_pings: int = 0
+    watchdog_max_gap_s: float = 0.0
+    watchdog_misses: int = 0
     elapsed_s: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -570,6 +579,9 @@ class HostileReport:
             "rss_before_mb": round(self.rss_before_mb, 1),
             "rss_after_mb": round(self.rss_after_mb, 1),
             "rejected_with_reason": self.rejected_with_reason,
+            "watchdog_pings": self.watchdog_pings,
+            "watchdog_max_gap_s": round(self.watchdog_max_gap_s, 2),
+            "watchdog_misses": self.watchdog_misses,
             "elapsed_s": round(self.elapsed_s, 1),
         }
 
@@ -615,7 +627,8 @@ def hostile_campaign(
     robot.mode("manual_control")
     robot.drop(4)
     spare = sorted(robot.staging.iterdir())  # 5 left: material for the cases below
-    robot.start()
+    notify = NotifySocket(work / "notify.sock")
+    robot.start(notify=notify, watchdog_usec=HOSTILE_WATCHDOG_USEC)
     try:
         robot.wait_ready()
         wait_until(lambda: (status(robot.root).get("ledger") or {}).get("valid") == 4, 60, "4")
@@ -731,5 +744,11 @@ def hostile_campaign(
         if robot.proc is not None and robot.proc.poll() is None:
             robot.proc.kill()
             robot.proc.wait(timeout=10)
+        notify.close()
+    pings = [t for t, _ in notify.lines("WATCHDOG=1")]
+    gaps = [b - a for a, b in itertools.pairwise(pings)]
+    report.watchdog_pings = len(pings)
+    report.watchdog_max_gap_s = max(gaps, default=0.0)
+    report.watchdog_misses = sum(g > HOSTILE_WATCHDOG_USEC / 1e6 for g in gaps)
     report.elapsed_s = time.monotonic() - t0
     return report

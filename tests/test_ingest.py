@@ -385,3 +385,17 @@ def test_content_hash_names_the_content(tmp_path: Path) -> None:
     f = write_b(tmp_path, "a.json", {"metadata": {}, "steps": [step(0)]})
     shutil.copy(f, tmp_path / "b.json")
     assert content_hash(f) == content_hash(tmp_path / "b.json")
+
+
+def test_scan_of_named_entries_looks_at_nothing_else(tmp_path: Path, ledger: Ledger) -> None:
+    folder = _folder(tmp_path)
+    write_a(folder, "old", [step(0)])
+    write_b(folder, "leave.json", {"metadata": {}, "steps": [step(0)]})
+    scan(folder, ledger, LIMITS, 0.25, LATER)
+    (folder / "leave.json").unlink()  # not named below: stays as the ledger knows it
+    write_a(folder, "new", [step(0), step(1)])
+    report = scan(folder, ledger, LIMITS, 0.25, LATER, only={"new", "vanished", ".tmp-x"})
+    assert (report.new, report.valid, report.unchanged, report.gone) == (1, 1, 0, 0)
+    assert _status(ledger) == {"old": "valid", "leave.json": "valid", "new": "valid"}
+    # The next full scan catches up with what the watcher did not report.
+    assert scan(folder, ledger, LIMITS, 0.25, LATER).gone == 1

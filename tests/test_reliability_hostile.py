@@ -1,7 +1,8 @@
 """Hostile input at the daemon level: a slow writer, a truncated episode, an episode replaced
 while read, a symlink swap out of the folder, a flood of episodes at once (1,000 here; 10,000 in
 bench/bench_reliability.py), a garbage and a vanished mode file. The daemon stays up, its
-memory stays bounded, and every bad episode is in the ledger with its reason.
+memory stays bounded, its watchdog keeps being fed (a 10 s WATCHDOG_USEC), and every bad
+episode is in the ledger with its reason.
 """
 
 from __future__ import annotations
@@ -38,3 +39,4 @@ def test_hostile_input_keeps_the_daemon_up_and_every_reason(tmp_path, base):
     }, figures
     assert report.rejected_with_reason >= 2, figures
     assert report.rss_after_mb - report.rss_before_mb < RSS_GROWTH_LIMIT_MB, figures
+    assert report.watchdog_pings > 0 and report.watchdog_misses == 0, figures
