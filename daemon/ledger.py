@@ -21,6 +21,12 @@ from pathlib import Path
 
 SCHEMA_VERSION = 1
 FINISHED_JOB_STATUSES = ("done", "budget")
+# Whether episode ``e`` was trained on by a job that ran to the end (parameters: the statuses).
+_USED_BY_A_FINISHED_JOB = (
+    "EXISTS (SELECT 1 FROM job_episodes je JOIN jobs j ON j.run_id = je.run_id "
+    "WHERE je.content_hash = e.content_hash AND j.status IN "
+    f"({','.join('?' * len(FINISHED_JOB_STATUSES))}))"
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS episodes (
@@ -274,22 +280,22 @@ class Ledger:
     # -- queries ----------------------------------------------------------------------------
 
     def valid_episodes(self, split: str) -> list[EpisodeRow]:
-        """Valid episodes of ``split`` (``train``/``eval``), newest first."""
+        """Valid episodes of ``split`` (``train``/``eval``): those no finished job trained on
+        first (so a job capped at ``max_episodes`` always takes the new data), then newest
+        first."""
         rows = self._db.execute(
-            "SELECT path, episode_id, content_hash, n_steps, first_seen FROM episodes "
-            "WHERE status = 'valid' AND split = ? ORDER BY first_seen DESC, path",
-            (split,),
+            "SELECT path, episode_id, content_hash, n_steps, first_seen FROM episodes e "
+            f"WHERE status = 'valid' AND split = ? ORDER BY {_USED_BY_A_FINISHED_JOB}, "
+            "first_seen DESC, path",
+            (split, *FINISHED_JOB_STATUSES),
         )
         return [EpisodeRow(*r) for r in rows]
 
     def new_valid_count(self) -> int:
         """Valid train episodes that no finished job (``done``/``budget``) trained on."""
-        placeholders = ",".join("?" * len(FINISHED_JOB_STATUSES))
         row = self._db.execute(
-            f"""SELECT COUNT(*) FROM episodes e
-                WHERE e.status = 'valid' AND e.split = 'train' AND NOT EXISTS (
-                    SELECT 1 FROM job_episodes je JOIN jobs j ON j.run_id = je.run_id
-                    WHERE je.content_hash = e.content_hash AND j.status IN ({placeholders}))""",
+            "SELECT COUNT(*) FROM episodes e WHERE e.status = 'valid' AND e.split = 'train' "
+            f"AND NOT {_USED_BY_A_FINISHED_JOB}",
             FINISHED_JOB_STATUSES,
         ).fetchone()
         return int(row[0])

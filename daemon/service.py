@@ -505,7 +505,9 @@ class Service:
                 }
                 release_id = self.store.promote(result.candidate_path, card).id
             except (OSError, StoreError) as exc:
-                self._fail(run_id, f"promotion failed: {exc}", status)
+                # Not "done": the episodes stay new, so a later job retries once the disk or
+                # manifest is fixed.
+                self._fail(run_id, f"promotion failed: {exc}", "promotion_failed")
                 return
             try:
                 self.store.prune(self.cfg.service.keep_releases)

@@ -157,3 +157,20 @@ def test_ensure_splits_follows_a_changed_fraction(tmp_path: Path) -> None:
         ledger.ensure_splits(0.25)
         ledger.ensure_splits(1.0 - 1e-12)
         assert ledger.counts()["train"] == 0 and ledger.counts()["eval"] == 40
+
+
+def test_unused_episodes_come_first_then_newest(tmp_path: Path) -> None:
+    ids = _train_ids(4)
+    with Ledger.open(tmp_path / "l.sqlite3") as ledger:
+        for i, eid in enumerate(ids):
+            _valid(ledger, f"/e/{eid}", eid, f"h{i}", now=float(i))
+        order = [r.content_hash for r in ledger.valid_episodes("train")]
+        assert order == ["h3", "h2", "h1", "h0"]
+        # The newest two were trained on: a job capped at two episodes must take the others.
+        ledger.record_job_start("run1", 10.0, ["h3", "h2"])
+        ledger.record_job_end("run1", "done", "rejected", None, 11.0)
+        order = [r.content_hash for r in ledger.valid_episodes("train")]
+        assert order == ["h1", "h0", "h3", "h2"]
+        ledger.record_job_start("run2", 12.0, ["h1"])
+        ledger.record_job_end("run2", "promotion_failed", "failed", None, 13.0)
+        assert ledger.new_valid_count() == 2  # a failed promotion leaves its episodes new
