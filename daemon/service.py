@@ -303,7 +303,9 @@ class Service:
                 wait = min(wait, WATCHERLESS_RESCAN_S)
             self._next_rescan = now + wait
             self.rescanning = report.incomplete
-        elif report.incomplete or report.pending:
+        elif report.incomplete:  # the watcher's names not reached: a full scan finds them
+            self._next_rescan = now
+        elif report.pending:
             self._next_rescan = min(self._next_rescan, now + self.cfg.ingest.settle_s / 2 + 0.1)
         if report.error != self._scan_error:
             if report.error:
@@ -474,7 +476,7 @@ class Service:
             elapsed_s=round(outcome.elapsed_s, 2),
         )
         if status == "preempted":
-            self.ledger.record_job_end(run_id, "preempted", None, None, self._wall())
+            self._record_job_end(run_id, "preempted", None, None)
             self.phase = Phase.ARMED
             self.reason = f"job {run_id} preempted; resumes when the gate opens"
             self._remember(run_id, "preempted", [outcome.reason], result)
@@ -515,7 +517,7 @@ class Service:
                 self.log.warning("prune_failed", error=str(exc))
         self._clean_runs()
         verdict = "promoted" if release_id else "rejected"
-        self.ledger.record_job_end(run_id, status, verdict, release_id, self._wall())
+        self._record_job_end(run_id, status, verdict, release_id)
         log = self.log.info if release_id else self.log.warning
         log("candidate_" + verdict, job_id=run_id, release=release_id, reasons=reasons)
         self._remember(run_id, verdict, reasons, result, release_id)
@@ -524,9 +526,16 @@ class Service:
         self.phase = Phase.COOLDOWN
         self.reason = f"job {run_id} {verdict}" + (f" as {release_id}" if release_id else "")
 
+    def _record_job_end(
+        self, run_id: str, status: str, decision: str | None, release_id: str | None
+    ) -> None:
+        """Record a job's end and refresh the counts the trigger reads (``new`` changes)."""
+        self.ledger.record_job_end(run_id, status, decision, release_id, self._wall())
+        self.counts = self.ledger.counts()
+
     def _fail(self, run_id: str, reason: str, status: str = "crashed") -> None:
         now = self._monotonic()
-        self.ledger.record_job_end(run_id, status, "failed", None, self._wall())
+        self._record_job_end(run_id, status, "failed", None)
         failures = self.history.failures_in_a_row + 1
         self.history = History(self.history.last_job_end, failures, now)
         self.log.error(
