@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.job_runner import train_through_job
 from trainer_core.config import IngestConfig
 from trainer_core.importers.common import SourceError
 from trainer_core.importers.donkey import import_tub, split_segments
@@ -348,42 +349,12 @@ job:
 
 def test_imported_tub_trains_through_the_job(tmp_path: Path) -> None:
     """A tub's episodes, with features pointing at what a tub records, run through the child."""
-    from daemon.config import load_config
-    from trainer_core.spec import RESULT_FILE, SPEC_FILE, JobResult, JobSpec
-
     out = tmp_path / "episodes"
     import_tub(make_tub(tmp_path / "tub"), out)
     episodes = sorted(p for p in out.iterdir() if not p.name.startswith("."))
     assert len(episodes) >= 2
-    cfg_path = tmp_path / "trainer.yaml"
-    cfg_path.write_text(DONKEY_TRAIN_YAML.format(root=tmp_path))
-    base = tmp_path / "base" / "policy.safetensors"
-    proc = run_cli("base", "init", "--config", str(cfg_path), "--out", str(base), cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    config, _ = load_config(cfg_path, None)
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    spec = JobSpec(
-        run_id="tub",
-        run_dir=run_dir,
-        train_episodes=episodes[:-1],
-        eval_episodes=episodes[-1:],
-        base_path=base,
-        features=config.features,
-        policy=config.policy,
-        lora=config.lora,
-        job=config.job,
-        ingest=config.ingest,
-        safety=config.safety,
+    proc, result = train_through_job(
+        tmp_path, DONKEY_TRAIN_YAML.format(root=tmp_path), episodes[:-1], episodes[-1:]
     )
-    (run_dir / SPEC_FILE).write_text(spec.model_dump_json())
-    proc = subprocess.run(
-        [sys.executable, "-m", "trainer_core.job", str(run_dir / SPEC_FILE)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    result = JobResult.model_validate_json((run_dir / RESULT_FILE).read_bytes())
     assert proc.returncode == 0 and result.status == "done", (result.reason, proc.stderr[-2000:])
     assert result.skipped == {} and result.steps == 8 and result.metrics is not None

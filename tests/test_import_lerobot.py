@@ -17,6 +17,7 @@ import pytest
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
+from tests.job_runner import train_through_job  # noqa: E402
 from trainer_core.config import IngestConfig  # noqa: E402
 from trainer_core.importers.common import SourceError  # noqa: E402
 from trainer_core.importers.lerobot import import_lerobot  # noqa: E402
@@ -551,43 +552,15 @@ job:
 
 def test_imported_episodes_train_through_the_job(tmp_path: Path) -> None:
     """Import, make a base with the real CLI, then run the real job child on the episodes."""
-    from daemon.config import load_config
-    from trainer_core.spec import RESULT_FILE, SPEC_FILE, JobResult, JobSpec
-
     src = make_v30(tmp_path / "koch")
     out = tmp_path / "episodes"
     import_lerobot(src, out)
-    cfg_path = tmp_path / "trainer.yaml"
-    cfg_path.write_text(TRAIN_YAML.format(root=tmp_path))
-    base = tmp_path / "base" / "policy.safetensors"
-    proc = run_cli("base", "init", "--config", str(cfg_path), "--out", str(base), cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-
-    config, _warnings = load_config(cfg_path, None)
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    spec = JobSpec(
-        run_id="import-test",
-        run_dir=run_dir,
-        train_episodes=[out / "lerobot-koch-ep000000", out / "lerobot-koch-ep000001"],
-        eval_episodes=[out / "lerobot-koch-ep000002"],
-        base_path=base,
-        features=config.features,
-        policy=config.policy,
-        lora=config.lora,
-        job=config.job,
-        ingest=config.ingest,
-        safety=config.safety,
+    proc, result = train_through_job(
+        tmp_path,
+        TRAIN_YAML.format(root=tmp_path),
+        [out / "lerobot-koch-ep000000", out / "lerobot-koch-ep000001"],
+        [out / "lerobot-koch-ep000002"],
     )
-    (run_dir / SPEC_FILE).write_text(spec.model_dump_json())
-    proc = subprocess.run(
-        [sys.executable, "-m", "trainer_core.job", str(run_dir / SPEC_FILE)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    result = JobResult.model_validate_json((run_dir / RESULT_FILE).read_bytes())
     assert proc.returncode == 0 and result.status == "done", (result.reason, proc.stderr[-2000:])
     assert result.train_episodes == 2 and result.skipped == {}
     assert result.train_samples == FRAMES[0] + FRAMES[1]

@@ -1,0 +1,65 @@
+"""Run the real job child on a handful of episodes, as the daemon would (for importer tests)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from daemon.config import load_config
+from trainer_core.spec import RESULT_FILE, SPEC_FILE, JobResult, JobSpec
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def train_through_job(
+    tmp_path: Path, config_yaml: str, train: list[Path], evals: list[Path]
+) -> tuple[subprocess.CompletedProcess[str], JobResult]:
+    """Write the config, make a fresh base with the real CLI, run ``python -m trainer_core.job``
+    on ``train``/``evals``; return the child's process and its result."""
+    cfg_path = tmp_path / "trainer.yaml"
+    cfg_path.write_text(config_yaml)
+    base = tmp_path / "base" / "policy.safetensors"
+    init = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "daemon.cli",
+            "base",
+            "init",
+            "--config",
+            str(cfg_path),
+            "--out",
+            str(base),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert init.returncode == 0, init.stderr
+    config, _ = load_config(cfg_path, None)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    spec = JobSpec(
+        run_id="import-test",
+        run_dir=run_dir,
+        train_episodes=train,
+        eval_episodes=evals,
+        base_path=base,
+        features=config.features,
+        policy=config.policy,
+        lora=config.lora,
+        job=config.job,
+        ingest=config.ingest,
+        safety=config.safety,
+    )
+    (run_dir / SPEC_FILE).write_text(spec.model_dump_json())
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer_core.job", str(run_dir / SPEC_FILE)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return proc, JobResult.model_validate_json((run_dir / RESULT_FILE).read_bytes())
