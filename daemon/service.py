@@ -40,7 +40,7 @@ from trainer_core.spec import RESULT_FILE, JobSpec
 
 DAY_S = 86_400.0
 STATUS_EVERY_S = 1.0  # progress alone rewrites the status file at most this often
-SCAN_SLICE_S = 2.0  # one scan processes new episodes for at most this long ...
+SCAN_SLICE_S = 1.0  # one scan processes new episodes for at most this long ...
 SCAN_SLICE_JOB_S = 0.1  # ... or this long while a job runs (the gate is polled every 0.25 s)
 WATCHERLESS_RESCAN_S = 5.0  # full rescans this often while the watcher is down
 STORE_RETRY_S = 30.0  # how often an unusable adapter store is looked at again
@@ -253,7 +253,9 @@ class Service:
             if self.supervisor.running
             else self.cfg.service.poll_interval_s
         )
-        self.watcher.wait(interval)  # wakes early when the episodes folder changes
+        # Wakes early when the episodes folder changes, and does not wait at all while a
+        # sliced scan is still going through the folder.
+        self.watcher.wait(min(interval, max(0.0, self._next_rescan - self._monotonic())))
         if self.stop_requested:
             return
         if self._reload_requested:
