@@ -13,8 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.job_runner import train_through_job
-from trainer_core.config import IngestConfig
+from tests.import_checks import read_back, train_through_job
 from trainer_core.importers.common import SourceError
 from trainer_core.importers.donkey import import_tub, split_segments
 
@@ -98,23 +97,6 @@ def make_tub(root: Path, records: list[dict[str, Any]] | None = None) -> Path:
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     cmd = [str(CLI)] if CLI.exists() else [sys.executable, "-m", "daemon.cli"]
     return subprocess.run([*cmd, *args], cwd=cwd, capture_output=True, text=True, timeout=60)
-
-
-def read_back(out: Path) -> dict[str, Any]:
-    """Every imported episode, read and validated (deep: NaN anywhere) by the daemon's own
-    reader, which is what the watcher will do with them."""
-    from trainer_core.rlds import read_episode
-    from trainer_core.validate import validate_episode
-
-    episodes = {}
-    for p in sorted(out.iterdir()):
-        if p.name.startswith("."):
-            continue
-        episode = read_episode(p, IngestConfig())
-        validate_episode(episode, deep=True)
-        assert episode.episode_id == p.name
-        episodes[p.name] = episode
-    return episodes
 
 
 def tree(path: Path) -> dict[str, tuple[int, int]]:

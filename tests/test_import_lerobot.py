@@ -17,7 +17,7 @@ import pytest
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
-from tests.job_runner import train_through_job  # noqa: E402
+from tests.import_checks import read_back, train_through_job  # noqa: E402
 from trainer_core.config import IngestConfig  # noqa: E402
 from trainer_core.importers.common import SourceError  # noqa: E402
 from trainer_core.importers.lerobot import import_lerobot  # noqa: E402
@@ -212,23 +212,6 @@ def run_cli(
     return subprocess.run(
         [*cmd, *args], cwd=cwd, capture_output=True, text=True, timeout=60, env=env
     )
-
-
-def read_back(out: Path) -> dict[str, Any]:
-    """Every imported episode, read and validated (deep: NaN anywhere) by the daemon's own
-    reader, which is what the watcher will do with them."""
-    from trainer_core.rlds import read_episode
-    from trainer_core.validate import validate_episode
-
-    episodes = {}
-    for p in sorted(out.iterdir()):
-        if p.name.startswith("."):
-            continue
-        episode = read_episode(p, IngestConfig())
-        validate_episode(episode, deep=True)
-        assert episode.episode_id == p.name
-        episodes[p.name] = episode
-    return episodes
 
 
 def raw_steps(episode_dir: Path) -> list[dict[str, Any]]:

@@ -1,15 +1,34 @@
-"""Run the real job child on a handful of episodes, as the daemon would (for importer tests)."""
+"""Checks shared by the importer tests: read imported episodes back as the daemon would, and
+run the real job child on them."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from daemon.config import load_config
+from trainer_core.config import IngestConfig
+from trainer_core.rlds import read_episode
 from trainer_core.spec import RESULT_FILE, SPEC_FILE, JobResult, JobSpec
+from trainer_core.validate import validate_episode
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def read_back(out: Path) -> dict[str, Any]:
+    """Every imported episode, read and validated (deep: NaN anywhere) by the daemon's own
+    reader, which is what the watcher will do with them."""
+    episodes = {}
+    for p in sorted(out.iterdir()):
+        if p.name.startswith("."):
+            continue
+        episode = read_episode(p, IngestConfig())
+        validate_episode(episode, deep=True)
+        assert episode.episode_id == p.name
+        episodes[p.name] = episode
+    return episodes
 
 
 def train_through_job(
