@@ -7,6 +7,7 @@ validated, root-resolved :class:`TrainerConfig`. Errors name the file and the ke
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from importlib import resources
@@ -198,6 +199,13 @@ def format_errors(source: str, exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def _named(text: str, path: Path) -> io.StringIO:
+    """The text as a stream named for the file: YAML errors then say ``in "trainer.yaml"``."""
+    stream = io.StringIO(text)
+    stream.name = str(path)  # type: ignore[misc]
+    return stream
+
+
 def read_raw(path: Path) -> tuple[dict[str, Any], list[str]]:
     """Parse a YAML or JSON config file into a dict (legacy JSON mapped); return warnings too."""
     try:
@@ -207,7 +215,7 @@ def read_raw(path: Path) -> tuple[dict[str, Any], list[str]]:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}): {exc.reason}") from None
     try:
-        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(_named(text, path))
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(
             f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}"
