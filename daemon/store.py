@@ -385,7 +385,9 @@ class AdapterStore:
         atomic_write_json(self.dir / MARKS_FILE, marks)
 
     def prune(self, keep: int) -> list[str]:
-        """Remove all but the newest ``keep`` releases; never the current or previous one."""
+        """Remove all but the newest ``keep`` releases; never the current one, the one a
+        rollback would go to, the previous one unless it is marked bad, nor an adopted legacy
+        adapter."""
         if keep < 0:
             raise ValueError(f"keep must be >= 0 (got {keep})")
         removed: list[str] = []
@@ -403,7 +405,10 @@ class AdapterStore:
             }
             intact, damaged = self.inventory()
             newest_first = list(reversed(intact))
-            doomed_ids = [r.id for r in newest_first[keep:] if r.id not in protected]
+            # the adopted legacy adapter (the install's original) is the last resort: kept
+            doomed_ids = [
+                r.id for r in newest_first[keep:] if r.id not in protected and not r.legacy
+            ]
             # A damaged directory older than the current release is a crash's or a person's
             # leftover; a newer one may be someone's work in progress: left alone.
             current_gen = _generation_of(_current_id(manifest))
