@@ -326,8 +326,10 @@ class Service:
     def _log_gate_change(self, decision: GateDecision) -> None:
         if decision.open != self._gate_open:
             self._gate_open = decision.open
-            log = self.log.info if decision.open else self.log.warning
-            log("gate_opened" if decision.open else "gate_closed", gate_reasons=decision.reasons)
+            # Info either way: a closed gate is the robot at work (or a first sample pending),
+            # normal operation that must not fill `journalctl -p warning` (tests/vm checks it).
+            event = "gate_opened" if decision.open else "gate_closed"
+            self.log.info(event, gate_reasons=decision.reasons)
 
     # -- state machine -----------------------------------------------------------------------
 
