@@ -247,14 +247,21 @@ def check_start() -> int:
     main = int(p.get("MainPID", "0"))
     exec_at = int(p.get("ExecMainStartTimestampMonotonic", "0"))
     active_at = int(p.get("ActiveEnterTimestampMonotonic", "0"))
-    ready_at = min(
-        (
-            int(e["__MONOTONIC_TIMESTAMP"])
-            for e in journal(mark)
-            if int(e.get("_PID", 0)) == main and '"event":"ready"' in str(e.get("MESSAGE"))
-        ),
-        default=None,
-    )
+
+    def logged_ready() -> int | None:
+        return min(
+            (
+                int(e["__MONOTONIC_TIMESTAMP"])
+                for e in journal(mark)
+                if int(e.get("_PID", 0)) == main and '"event":"ready"' in str(e.get("MESSAGE"))
+            ),
+            default=None,
+        )
+
+    try:  # at once under Type=notify; a Type=simple unit may return before the daemon is up
+        ready_at = wait_for("the daemon's ready line", logged_ready, 300)
+    except TimeoutError:
+        ready_at = None
     # The daemon logs "ready" right after it sends READY=1, once it is set up: a Type=notify
     # unit turns active at that moment (the log line may reach journald a little later); a
     # Type=simple one is "active" the moment it forks, long before.
