@@ -152,3 +152,15 @@ def releases_show_command(args: argparse.Namespace, config: TrainerConfig) -> in
         return _fail(str(exc))
     print(json.dumps(info, indent=2, default=str))
     return 0
+
+
+def risk_reason(risky: list[dict[str, Any]]) -> list[str]:
+    """The decision's line naming the episodes to look at (empty when none stands out)."""
+    if not risky:
+        return []
+    names = ", ".join(
+        f"{r['path']} ({r['out_of_bounds']:.0%} out of bounds, "
+        f"{r['acting_near_person']:.0%} acting near a person)"
+        for r in risky
+    )
+    return [f"NOTE episodes: the training episodes most toward the safety checks: {names}"]

@@ -27,6 +27,7 @@ from daemon.config import ConfigError, TrainerConfig, load_config
 from daemon.health import HealthWatch, legacy_baseline_note
 from daemon.ingest import scan
 from daemon.ledger import Ledger, LedgerError
+from daemon.lineage import risk_reason
 from daemon.logs import configure_logging, get_logger
 from daemon.notify import Notifier
 from daemon.precheck import manifest_model_mismatch, read_manifest
@@ -505,6 +506,8 @@ class Service:
         promote = decision.promote
         baseline_now = self._baseline_kind()
         reasons += legacy_baseline_note(self.store.current())
+        if not promote:
+            reasons += risk_reason(result.episode_risk)
         if result.metrics is not None and result.metrics.baseline_kind != baseline_now:
             # An operator rolled back (or another release landed) while the job ran: the
             # candidate was judged against something that is no longer running.

@@ -155,6 +155,8 @@ def test_excluding_unsafe_episodes_lets_a_safe_batch_promote(tmp_path, base_chec
         write_mode(root, "idle")
         first = wait_until(lambda: decisions(root), 120, "a decision", log)[0]
         assert first["verdict"] == "rejected", first
+        named = [r for r in first["reasons"] if r.startswith("NOTE episodes")]
+        assert named and any(n in named[0] for n in unsafe), first["reasons"]
         write_mode(root, "manual_control")
         for name in unsafe:
             cli(

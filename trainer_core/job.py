@@ -104,6 +104,7 @@ def run(spec: JobSpec, result: JobResult, t0: float, preempt: Preemption) -> Non
     from trainer_core import checkpoint as ckpt_mod
     from trainer_core.base import BaseError, load_base
     from trainer_core.device import DeviceError, pick_device
+    from trainer_core.episode_risk import episode_risk
     from trainer_core.evaluate import EvalInterrupted, Policy, shadow_eval
     from trainer_core.features import Normalizer, read_split
     from trainer_core.lora import (
@@ -144,6 +145,7 @@ def run(spec: JobSpec, result: JobResult, t0: float, preempt: Preemption) -> Non
     result.train_episodes = len(train.paths)
     result.train_samples = len(train.arrays)
     result.episode_hashes = train.hashes
+    result.episode_risk = episode_risk(train, list(spec.features.action_names), spec.safety)
     obs_names, act_names = spec.features.observation_names, spec.features.action_names
     normalizer = Normalizer.fit(train.arrays, obs_names, act_names)
 
