@@ -140,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
         "daemon.store:releases_command",
         "list releases, their metrics, which is current",
     )
+    p = add("report", "daemon.report:report_command", "PNG plots and one HTML page")
+    p.add_argument("--out", type=Path, required=True, help="folder for index.html and the PNGs")
     p = add(
         "rollback", "daemon.store:rollback_command", "go back to the previous (or a named) release"
     )
