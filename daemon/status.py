@@ -132,7 +132,7 @@ def episode_states(counts: dict[str, Any] | None) -> dict[str, int] | None:
     return {
         "settling": n("settling"),
         "valid": n("valid"),
-        "trainable": max(0, n("train") - n("unusable")),
+        "trainable": max(0, n("train") - n("train_excluded") - n("unusable")),
         "held_out": n("eval"),
         "rejected": n("rejected"),
         "excluded": n("excluded"),
