@@ -27,6 +27,20 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def mkdirs_durable(path: Path) -> None:
+    """``mkdir -p`` that fsyncs the parent of every directory it creates, so a file named from
+    elsewhere (a manifest naming ``releases/<id>``) cannot outlive its folder in a power cut."""
+    missing: list[Path] = []
+    p = Path(path)
+    while not p.is_dir():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            d.mkdir()
+        fsync_dir(d.parent)
+
+
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` atomically (temp in same dir, fsync, replace, fsync dir)."""
     path = Path(path)
