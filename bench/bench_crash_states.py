@@ -6,7 +6,8 @@ Each operation (promotion, first promotion, manual rollback, prune, legacy adopt
 file, ledger WAL commits, a checkpoint replacing another) runs for real under strace; every crash
 state the ``ordered`` and ``strict`` persistence models allow (tests/crashstates/model.py) is
 materialised and the real recovery path is run on it. ``--combos`` caps the strict states per
-crash point (default 400; ``--quick``: the make-test 6). Target: >= 10,000 distinct states, 0
+crash point (default 400; ``--quick``: the make-test 6) and, at full size, every subset of up to
+6 unsynced writes of one file is tried (4 in make test). Target: >= 10,000 distinct states, 0
 violations. Needs strace. Last stdout line: the figures JSON.
 """
 
@@ -22,6 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from tests.crashstates import model as fsmodel  # noqa: E402
 from tests.crashstates.runner import run_scenario  # noqa: E402
 from tests.crashstates.scenarios import SCENARIOS  # noqa: E402
 from tests.crashstates.trace import have_strace  # noqa: E402
@@ -38,6 +40,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--full", action="store_true", help="accepted; the default is full size")
     args = parser.parse_args(argv)
     combos = 6 if args.quick else args.combos
+    if not args.quick:
+        fsmodel.MAX_SUBSET_WRITES = 6  # every subset of up to 6 unsynced writes of one file
     if not have_strace():
         print("strace not installed: crash states not checked")
         print(json.dumps({"figures": [figure("crash states checked", 0, "", ">= 10000", None)]}))

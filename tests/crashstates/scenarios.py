@@ -245,10 +245,13 @@ def check_status(root: Path, expect: Expect) -> list[str]:
 # ------------------------------------------------------------------------------- ledger
 
 
-def setup_ledger(root: Path, _name: str) -> None:
+def setup_ledger(root: Path, name: str) -> None:
+    """An existing ledger with three episodes; ``ledger-first``: none yet."""
     from daemon.ledger import Ledger
 
     _episodes(root)
+    if name == "ledger-first":
+        return
     led = Ledger.open(root / "state" / "ledger.sqlite")
     for i in range(3):
         led.record(
@@ -259,6 +262,8 @@ def setup_ledger(root: Path, _name: str) -> None:
 
 
 def ledger_facts(root: Path) -> dict[str, Any]:
+    if not (root / "state" / "ledger.sqlite").exists():
+        return {"rows": {}, "episodes": _tree_hashes(root / "episodes")}
     db = sqlite3.connect(root / "state" / "ledger.sqlite")
     try:
         rows = db.execute("SELECT path, content_hash FROM episodes ORDER BY path").fetchall()
@@ -315,16 +320,21 @@ def ckpt_args(step: int) -> tuple:
     return {"w": w.detach().clone()}, opt, LoopState(step=step, epoch=0, batch=step, losses=[1.0])
 
 
-def setup_checkpoint(root: Path, _name: str) -> None:
+def setup_checkpoint(root: Path, name: str) -> None:
+    """A checkpoint at step 1 that the traced run replaces; ``checkpoint-first``: none yet."""
     from trainer_core.checkpoint import save_checkpoint
 
     (root / "ckpt").mkdir(parents=True)
+    if name == "checkpoint-first":
+        return
     save_checkpoint(root / "ckpt" / "latest", *ckpt_args(1), "fp1")
 
 
 def ckpt_facts(root: Path) -> dict[str, Any]:
     from trainer_core.checkpoint import load_checkpoint
 
+    if not (root / "ckpt" / "latest").exists():
+        return {"step": None}
     return {"step": load_checkpoint(root / "ckpt" / "latest", "fp1").state.step}
 
 
@@ -368,6 +378,10 @@ SCENARIOS = {
         Scenario("adoption", "adoption", setup_store, store_facts, check_store),
         Scenario("status", "status", setup_status, status_facts, check_status),
         Scenario("ledger", "ledger", setup_ledger, ledger_facts, check_ledger),
+        Scenario("ledger-first", "ledger", setup_ledger, ledger_facts, check_ledger),
         Scenario("checkpoint", "checkpoint", setup_checkpoint, ckpt_facts, check_checkpoint, True),
+        Scenario(
+            "checkpoint-first", "checkpoint", setup_checkpoint, ckpt_facts, check_checkpoint, True
+        ),
     )
 }
