@@ -50,6 +50,8 @@ STORE = "from daemon.store import AdapterStore\nst = AdapterStore(root/'model'/'
 DRIVERS = {
     "promotion": STORE + "st.promote(root/'runs'/'c9'/'candidate', {'run_id': 'c9'})\n",
     "rollback": STORE + "st.rollback()\n",
+    # what the health window does on a bad release (daemon/health.py): mark it bad, roll back
+    "rollback-auto": STORE + "st.rollback(mark_bad='health window: e-stop during probation')\n",
     "prune": STORE + "st.prune(1)\n",
     "adoption": STORE + "st.adopt_legacy()\n",
     "status": (
@@ -121,7 +123,7 @@ def setup_store(root: Path, name: str) -> None:
 
         write_legacy(root / "model", "pickle")
         return
-    for i in range(1, {"promotion": 2, "rollback": 3, "prune": 5}[name]):
+    for i in range(1, {"promotion": 2, "rollback": 3, "rollback-auto": 3, "prune": 5}[name]):
         store.promote(_candidate(root, f"c{i}"), {"run_id": f"c{i}"})
     if name == "promotion":
         _candidate(root, "c9")
@@ -184,11 +186,23 @@ def check_store(root: Path, expect: Expect) -> list[str]:
             bad.append("the adopted legacy adapter was lost")
     elif expect.before["current"] is not None or expect.before["legacy_sha"] is not None:
         bad.append("the manifest names no release any more")
+    bad += _marks_invariants(store, rid)
     bad += _release_invariants(store, expect)
     bad += _leftover_invariants(root)
     if _tree_hashes(root / "episodes") != expect.before["episodes"]:
         bad.append("an episode changed")
     return bad
+
+
+def _marks_invariants(store: AdapterStore, rid: str | None) -> list[str]:
+    """A release marked bad (not forced) is never left current: recovery finishes the rollback."""
+    try:
+        marks = store.marks()
+    except StoreError as exc:
+        return [f"marks unreadable: {exc}"]
+    if rid is not None and rid in marks["bad"] and rid not in marks["forced"]:
+        return [f"current release {rid} is marked bad after recovery"]
+    return []
 
 
 def _release_invariants(store: AdapterStore, expect: Expect) -> list[str]:
@@ -374,6 +388,7 @@ SCENARIOS = {
         Scenario("promotion", "promotion", setup_store, store_facts, check_store),
         Scenario("promotion-first", "promotion", setup_store, store_facts, check_store),
         Scenario("rollback", "rollback", setup_store, store_facts, check_store),
+        Scenario("rollback-auto", "rollback-auto", setup_store, store_facts, check_store),
         Scenario("prune", "prune", setup_store, store_facts, check_store),
         Scenario("adoption", "adoption", setup_store, store_facts, check_store),
         Scenario("status", "status", setup_status, status_facts, check_status),
