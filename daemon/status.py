@@ -33,6 +33,7 @@ SCHEMA_KEYS = (
     "episodes",
     "job",
     "current_release",
+    "health",
     "blocked",
     "last_decisions",
     "ledger_error",
@@ -132,7 +133,7 @@ def episode_states(counts: dict[str, Any] | None) -> dict[str, int] | None:
     return {
         "settling": n("settling"),
         "valid": n("valid"),
-        "trainable": max(0, n("train") - n("unusable")),
+        "trainable": max(0, n("train") - n("train_excluded") - n("unusable")),
         "held_out": n("eval"),
         "rejected": n("rejected"),
         "excluded": n("excluded"),
