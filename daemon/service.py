@@ -28,6 +28,7 @@ from daemon.instance import AlreadyRunning, take_instance_lock
 from daemon.ledger import Ledger
 from daemon.logs import configure_logging, get_logger
 from daemon.notify import Notifier
+from daemon.precheck import manifest_model_mismatch, read_manifest
 from daemon.runs import clean_runs, resumable_checkpoint
 from daemon.snapshot import decision_entry, job_view, status_line
 from daemon.status import write_status
@@ -37,6 +38,7 @@ from daemon.trigger import History, trigger
 from daemon.watcher import EpisodeWatcher
 from gating import Gate, GateDecision, build_gate
 from safety.config import SafetyConfig, merge_manifest_safety
+from trainer_core.basefile import base_weights_file
 from trainer_core.spec import JobResult
 
 DAY_S = 86_400.0
@@ -352,16 +354,16 @@ class Service:
             self._check_store()
         if self.store_error:
             return self.store_error
-        if not self.cfg.policy.base_path.is_file():
+        if not base_weights_file(self.cfg.policy).is_file():
             return (
-                f"no base policy at {self.cfg.policy.base_path}: run "
+                f"no base policy at {base_weights_file(self.cfg.policy)}: run "
                 "`continuon-trainer base init` or `base pretrain`"
             )
         try:
             self._safety_config()
         except (StoreError, ValueError) as exc:
             return f"the manifest's safety block is unusable: {exc}"
-        return None
+        return manifest_model_mismatch(read_manifest(self.cfg.paths.manifest), self.cfg.policy)
 
     def start_job(self) -> None:
         """Plan a job from the ledger's episodes and start the child."""

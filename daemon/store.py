@@ -614,12 +614,13 @@ def sniff_format(path: Path) -> str:
         raise StoreError(f"{path}: cannot read adapter: {exc.strerror or exc}") from exc
     if head.startswith(b"PK\x03\x04"):
         return "torch-zip"
-    if head[:1] == b"\x80":
-        return "pickle"
+    # Before the pickle test: a safetensors header of 0x?80 bytes starts with 0x80 too.
     if len(head) >= 9 and head[8:9] == b"{":
         size = int.from_bytes(head[:8], "little")
         if 0 < size <= path.stat().st_size - 8:
             return "safetensors"
+    if head[:1] == b"\x80":
+        return "pickle"
     if head.lstrip()[:1] in (b"{", b"["):
         try:
             json.loads(path.read_text(encoding="utf-8"))

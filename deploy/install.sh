@@ -22,6 +22,7 @@ ROBOT_ROOT=/opt/continuonos/brain
 UNIT_DEST=/etc/systemd/system/continuon-trainer.service
 SYSUSERS_DEST=/etc/sysusers.d/continuon-trainer.conf
 TMPFILES_DEST=/etc/tmpfiles.d/continuon-trainer.conf
+BIN_LINK=/usr/local/bin/continuon-trainer # the CLI on PATH (it finds $ETC_CONFIG by itself)
 UNIT_PREFIX=/opt/continuon-trainer # the prefix written in deploy/systemd/continuon-trainer.service
 
 usage() {
@@ -138,6 +139,7 @@ else
 fi
 
 run install -m 0644 "$SRC/README.md" "$PREFIX/README.md"
+run ln -sfn "$VENV/bin/continuon-trainer" "$BIN_LINK"
 
 # The user and group first: tmpfiles and the config copy chown to them.
 run install -D -m 0644 "$SRC/deploy/systemd/continuon-trainer.sysusers" "$SYSUSERS_DEST"
@@ -177,7 +179,12 @@ continuon-trainer is installed in $PREFIX (not started). Next:
   sudo chmod g+s $ROBOT_ROOT/model
 
   sudoedit $ETC_CONFIG
+
+  # a base policy, once: nothing trains without one (the journal says so if it is missing)
+  sudo -u continuon-trainer continuon-trainer base init          # fresh weights, or:
+  sudo -u continuon-trainer continuon-trainer base pretrain --episodes $ROBOT_ROOT/rlds/episodes
+
   sudo systemctl enable --now continuon-trainer
   journalctl -u continuon-trainer -f
-  sudo -u continuon-trainer $VENV/bin/continuon-trainer status --config $ETC_CONFIG --root $ROBOT_ROOT
+  sudo -u continuon-trainer continuon-trainer status   # reads $ETC_CONFIG by itself
 EOF

@@ -103,6 +103,7 @@ class Recipe:
     def __init__(self, spec: JobSpec, result: JobResult, t0: float, preempt: Preemption) -> None:
         self.spec, self.result, self.t0, self.preempt = spec, result, t0, preempt
         self.device: Any = None
+        self.placement: Any = None  # trainer_core.device.Placement
         self.train_split: Any = None  # trainer_core.features.Split
         self.normalizer: Any = None
         self.base: Any = None  # trainer_core.base.LoadedBase
@@ -121,12 +122,15 @@ class Recipe:
         import numpy as np
         import torch
 
+        from trainer_core.device import DeviceError, pick_device
+
         job = self.spec.job
         torch.set_num_threads(job.threads)
-        cuda = job.device == "cuda" or (job.device == "auto" and torch.cuda.is_available())
-        self.device = torch.device("cuda" if cuda else "cpu")
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise InvalidJob("job.device is cuda but torch sees no CUDA device")
+        try:
+            self.placement = pick_device(job)
+        except DeviceError as exc:
+            raise InvalidJob(str(exc)) from None
+        self.device = self.placement.device
         self.result.device = self.device.type
         random.seed(job.seed)
         np.random.seed(job.seed)
@@ -229,6 +233,7 @@ class Recipe:
         resume checkpoint written, or no step ran)."""
         import torch
 
+        from trainer_core.plugins import extras
         from trainer_core.train import Budget, train_loop
 
         result, job, state = self.result, self.spec.job, self.state
@@ -242,7 +247,18 @@ class Recipe:
         t_train = time.monotonic()
         result.timings["startup_s"] = round(t_train - self.t0, 3)
         budget = Budget(job, self.t0, self.preempt)
-        stop = train_loop(self.model, self.optimizer, x, y, job, state, budget, emit, bf16=job.bf16)
+        stop = train_loop(
+            self.model,
+            self.optimizer,
+            x,
+            y,
+            job,
+            state,
+            budget,
+            emit,
+            bf16=self.placement.bf16,
+            loss_fn=extras(self.base.model).loss,
+        )
         result.timings["train_s"] = round(time.monotonic() - t_train, 3)
         result.timings["max_step_s"] = round(budget.max_step_s, 4)
         if budget.stopped_at_s is not None:
@@ -333,6 +349,8 @@ class Recipe:
             "timings": dict(result.timings),
             "peak_rss_mb": round(peak_rss_mb(), 1),
             "device": self.device.type,
+            "family": spec.policy.family,
+            "dtype": self.placement.dtype,
         }
         save_adapter(self.model, staging, self.normalizer, card)
         target = spec.run_dir / CANDIDATE_DIR
