@@ -135,15 +135,37 @@ def build_parser() -> argparse.ArgumentParser:
         "--unsafe", action="store_true", help="out-of-bounds actions, driving into the person"
     )
 
-    add(
+    rel = add(
         "releases",
         "daemon.store:releases_command",
-        "list releases, their metrics, which is current",
+        "list releases, their metrics, health and which is current",
     )
+    rel_sub = rel.add_subparsers(dest="releases_verb", required=False, metavar="ACTION")
+    p = add("show", "daemon.lineage:releases_show_command", "a release's lineage", rel_sub)
+    p.add_argument("release", help="release id")
+    ep = add("episodes", "", "the ledger's episodes: list, show, quarantine")
+    ep_sub = ep.add_subparsers(dest="episodes_verb", required=True, metavar="ACTION")
+    p = add("list", "daemon.lineage:episodes_list_command", "every known episode", ep_sub)
+    p.add_argument("--status", choices=("valid", "rejected", "gone", "excluded"), help="only these")
+    p = add("show", "daemon.lineage:episodes_show_command", "an episode's releases", ep_sub)
+    p.add_argument("episode", help="path or episode id")
+    p = add("exclude", "daemon.lineage:episodes_exclude_command", "quarantine one", ep_sub)
+    p.add_argument("episode", help="path or episode id")
+    p.add_argument("--reason", required=True)
+    p = add("include", "daemon.lineage:episodes_include_command", "lift a quarantine", ep_sub)
+    p.add_argument("episode", help="path or episode id")
+    p = add("report", "daemon.report:report_command", "PNG plots and one HTML page")
+    p.add_argument("--out", type=Path, required=True, help="folder for index.html and the PNGs")
     p = add(
-        "rollback", "daemon.store:rollback_command", "go back to the previous (or a named) release"
+        "rollback",
+        "daemon.store:rollback_command",
+        "back to the newest earlier good (or a named) release",
     )
-    p.add_argument("--to", dest="release", help="release id (default: the previous one)")
+    p.add_argument(
+        "--to", dest="release", help="release id (default: the newest earlier one not marked bad)"
+    )
+    p.add_argument("--force", action="store_true", help="even to a release marked bad")
+    p.add_argument("--reason", help="why (recorded in the bad mark of the release left)")
 
     imp = add("import", "", "bring data from other formats in as RLDS episodes")
     imp_sub = imp.add_subparsers(dest="import_verb", required=True, metavar="FORMAT")

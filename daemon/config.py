@@ -17,6 +17,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from daemon.health import HealthConfig
+from daemon.metrics import MetricsConfig
 from gating.config import GateConfig
 from safety.config import PromotionConfig, SafetyConfig
 from trainer_core.config import FeaturesConfig, IngestConfig, JobConfig, LoraConfig, PolicyConfig
@@ -77,6 +79,8 @@ class TrainerConfig(_Section):
     gate: GateConfig = Field(default_factory=GateConfig)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
 
     @property
     def state_dir(self) -> Path:

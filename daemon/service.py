@@ -23,9 +23,10 @@ from typing import Any
 
 from daemon.config import ConfigError, TrainerConfig, load_config
 from daemon.cycle import Verdict, baseline_of, judge, plan_job
+from daemon.health import HealthWatch, legacy_baseline_note
 from daemon.ingest import scan
 from daemon.instance import AlreadyRunning, take_instance_lock
-from daemon.ledger import Ledger
+from daemon.ledger import Ledger, LedgerError
 from daemon.logs import configure_logging, get_logger
 from daemon.notify import Notifier
 from daemon.precheck import manifest_model_mismatch, read_manifest
@@ -135,6 +136,7 @@ class Service:
             self.log.warning("orphan_job_reaped", detail=orphan)
         self._clean_runs()
         self.gate = build_gate(cfg.gate, os.getpid(), self._monotonic, self._wall)
+        self.health = HealthWatch(cfg, self.store, self.ledger, self.log, self._wall)
         self.watcher = self._start_watcher()
         # READY before the first scan: a large folder is scanned in slices by the loop, which
         # keeps pinging the watchdog meanwhile.
@@ -244,9 +246,18 @@ class Service:
         self.rescan()
         self.gate_decision = self.gate.poll()
         self._log_gate_change(self.gate_decision)
+        self.watch_health()
         self.advance(self.gate_decision)
         self.publish()
         self.notifier.watchdog()
+
+    def watch_health(self) -> None:
+        """The health window (daemon.health): follow the current release, roll back when it is
+        worse than its predecessor. A failing source is logged; the loop goes on."""
+        try:
+            self.health.poll()
+        except (OSError, StoreError, LedgerError) as exc:
+            self.log.error("health_poll_failed", error=str(exc))
 
     def rescan(self) -> None:
         """Bring the ledger up to date with the episodes folder, in slices; log rejections.
@@ -461,7 +472,7 @@ class Service:
     def _conclude(self, run_id: str, status: str, result: JobResult, verdict: Verdict) -> None:
         """Promote (``verdict.action == "promote"``) or reject the candidate; cool down."""
         now = self._monotonic()
-        reasons = verdict.reasons
+        reasons = verdict.reasons + legacy_baseline_note(self.store.current())
         release_id = None
         if verdict.action == "promote":
             assert result.candidate_path is not None
@@ -557,6 +568,7 @@ class Service:
             "current_release": current.id if current else None,
             "blocked": self.blocked,
             "last_decisions": list(self.decisions),
+            "health": self.health.snapshot(),
         }
 
     def publish(self) -> None:
@@ -572,6 +584,7 @@ class Service:
             tuple(sorted(self.counts.items())),
             len(self.decisions),
             self.supervisor.pid,
+            tuple(sorted(self.health.snapshot().items())),
         )
         if key != self._last_status_key or now - self._last_status_write >= STATUS_EVERY_S:
             self._last_status_key, self._last_status_write = key, now

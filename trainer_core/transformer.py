@@ -58,7 +58,8 @@ def token_slices(features: FeaturesConfig, routing: str) -> list[TokenSlice]:
     if not slices:
         kinds = " or ".join(ROUTED_KINDS[routing])
         raise RoutingError(
-            f"policy.routing {routing!r} needs a {kinds} observation group; the feature spec "
+            f"policy.routing {routing!r} needs an observation group of kind {kinds}; the "
+            "feature spec "
             f"has {[f'{g.path} ({g.kind})' for g in features.observation]}"
         )
     return slices
