@@ -282,7 +282,11 @@ class HealthWatch:
                 self.log.info("health_probation", release=current.id, predecessor=previous)
         if previous != current.id:
             left = releases.get(previous or "")
-            if left is not None and left["state"] == "probation":
+            bad = self.store.marks()["bad"].get(previous or "")
+            if left is not None and left["state"] == "probation" and bad is not None:
+                # our rollback was killed before this state was saved: finish its bookkeeping
+                self._after_rollback(previous, left, bad["reason"], current.id, now)
+            elif left is not None and left["state"] == "probation":
                 left.update(state="superseded", reason=f"{current.id} became current on probation")
             self.state["watching"] = current.id
             self._last_poll = None
@@ -334,7 +338,13 @@ class HealthWatch:
         except (OSError, StoreError) as exc:  # stays on probation; tried again next poll
             self.log.error("health_rollback_failed", release=rid, reason=reason, error=str(exc))
             return
-        rec.update(state="rolled_back", reason=reason, ended=now, rolled_back_to=back.id)
+        self._after_rollback(rid, rec, reason, back.id, now)
+
+    def _after_rollback(
+        self, rid: str, rec: dict[str, Any], reason: str, to: str, now: float
+    ) -> None:
+        """Record the rollback and tag the episodes first seen while ``rid`` ran."""
+        rec.update(state="rolled_back", reason=reason, ended=now, rolled_back_to=to)
         tagged = self.ledger.episodes_seen_between(rec["since"], now)
         for path, digest in tagged:
             self.ledger.exclude(
@@ -345,9 +355,7 @@ class HealthWatch:
                 now,
                 active=self.hcfg.exclude_tagged_episodes,
             )
-        self.log.error(
-            "health_rolled_back", release=rid, to=back.id, reason=reason, tagged=len(tagged)
-        )
+        self.log.error("health_rolled_back", release=rid, to=to, reason=reason, tagged=len(tagged))
 
     def _save(self) -> None:
         """Write the state when a count or verdict changed, else at most every SAVE_EVERY_S

@@ -146,3 +146,20 @@ def test_watcher_rolls_back_on_an_emergency_stop(robot, tmp_path) -> None:
     drive(root, watch, clock, [("autonomous", 5), ("emergency_stop", 1)])
     assert store.current().id == r1
     assert store.marks()["bad"][r2]["reason"].startswith("health window: emergency stop")
+
+
+def test_a_rollback_killed_before_the_state_was_saved_is_recorded_on_restart(robot, tmp_path):
+    root, cfg, store, ledger, watch, clock = robot
+    r1 = store.promote(make_candidate(tmp_path, "a"), card()).id
+    drive(root, watch, clock, [("idle", 1)])
+    r2 = store.promote(make_candidate(tmp_path, "b"), card()).id
+    drive(root, watch, clock, [("idle", 1)])
+    assert watch.snapshot()["state"] == "probation"
+    watch._saved_key = None
+    watch._save()
+    # the store's rollback happened, then SIGKILL before health.json was rewritten
+    store.rollback(mark_bad="health window: interventions worse")
+    again = HealthWatch(cfg, store, ledger, get_logger(), wall=lambda: clock[0])
+    again.poll()
+    assert again.state["releases"][r2]["state"] == "rolled_back"
+    assert again.state["releases"][r2]["rolled_back_to"] == r1
