@@ -270,6 +270,7 @@ class HealthWatch:
                     if watched
                     else "running since the trainer first saw it"
                 ),
+                "mandatory": bool(watched and legacy_before),
                 "predecessor": previous if watched else None,
                 "legacy": current.legacy,
                 "since": now,

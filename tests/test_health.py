@@ -19,7 +19,7 @@ from daemon.health import (
 from daemon.ledger import Ledger
 from daemon.logs import get_logger
 from daemon.store import AdapterStore
-from tests.test_store import card, make_candidate, sample_manifest
+from tests.test_store import card, make_candidate, sample_manifest, write_legacy
 
 CFG = HealthConfig(confirm_after_autonomous_s=600)
 
@@ -163,3 +163,20 @@ def test_a_rollback_killed_before_the_state_was_saved_is_recorded_on_restart(rob
     again.poll()
     assert again.state["releases"][r2]["state"] == "rolled_back"
     assert again.state["releases"][r2]["rolled_back_to"] == r1
+
+
+def test_the_first_release_after_a_legacy_adapter_has_a_mandatory_window(robot, tmp_path):
+    root, cfg, store, ledger, _watch, clock = robot
+    off = cfg.model_copy(update={"health": cfg.health.model_copy(update={"enabled": False})})
+    watch = HealthWatch(off, store, ledger, get_logger(), wall=lambda: clock[0])
+    write_legacy(root / "model", "torch-zip")
+    legacy = store.adopt_legacy()
+    assert legacy is not None and legacy.legacy
+    drive(root, watch, clock, [("idle", 1)])
+    r2 = store.promote(make_candidate(tmp_path, "a"), card()).id
+    drive(root, watch, clock, [("idle", 1)])
+    rec = watch.state["releases"][r2]
+    assert rec["state"] == "probation" and rec["mandatory"], rec
+    r3 = store.promote(make_candidate(tmp_path, "b"), card()).id
+    drive(root, watch, clock, [("idle", 1)])
+    assert watch.state["releases"][r3]["state"] == "observing"  # window off, not after legacy
