@@ -13,6 +13,7 @@ from daemon.health import (
     HealthConfig,
     HealthWatch,
     judge,
+    legacy_baseline_note,
     minutes_to_detect_doubling,
     upper_tail_p,
 )
@@ -180,3 +181,6 @@ def test_the_first_release_after_a_legacy_adapter_has_a_mandatory_window(robot, 
     r3 = store.promote(make_candidate(tmp_path, "b"), card()).id
     drive(root, watch, clock, [("idle", 1)])
     assert watch.state["releases"][r3]["state"] == "observing"  # window off, not after legacy
+    note = legacy_baseline_note(legacy)
+    assert note and note[0].startswith("NOTE baseline") and "mandatory" in note[0]
+    assert legacy_baseline_note(store.current()) == []
