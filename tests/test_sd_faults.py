@@ -177,7 +177,9 @@ def test_episode_truncated_under_the_daemon(tmp_path, base):
         robot.wait_ready()
         robot.drop(4)
         wait_until(lambda: len(valid_names(robot)) >= 4, 60, "4 episodes recorded", robot.log)
-        victim = sorted(p for p in robot.episodes.rglob("*") if p.is_file())[0]
+        victim = max(
+            (p for p in robot.episodes.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size
+        )
         entry = str(robot.episodes / victim.relative_to(robot.episodes).parts[0])
         with open(victim, "r+b") as f:
             f.truncate(victim.stat().st_size // 2)
@@ -187,7 +189,7 @@ def test_episode_truncated_under_the_daemon(tmp_path, base):
             row = rows.get(entry)
             return row if row is not None and row[0] == "rejected" else None
 
-        status_, reason = wait_until(verdict, 60, "the truncated episode rejected", robot.log)
+        _, reason = wait_until(verdict, 60, "the truncated episode rejected", robot.log)
         assert reason, "a rejection says why"
         assert robot.proc.poll() is None, robot.tail()
         assert status(robot.root).get("counts", {}).get("rejected", 1) >= 1
