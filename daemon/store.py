@@ -1,6 +1,6 @@
 """The adapter store: immutable releases, the ``current`` symlink, and the model manifest.
 
-Layout (DESIGN §7)::
+Layout (architecture §7)::
 
     <model>/adapters/releases/<id>/   immutable: the candidate's files + release.json + card.json
     <model>/adapters/current          symlink -> releases/<id>
