@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # each test runs the real daemon through a fault and back
+
 from daemon.store import AdapterStore
 from tests import faultfs
 from tests.daemon_harness import status, wait_until
