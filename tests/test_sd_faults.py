@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow  # each test runs the real daemon through a fault and back
-
 from daemon.store import AdapterStore
 from tests import faultfs
 from tests.daemon_harness import status, wait_until
 from tests.reliability_harness import Robot, ledger_rows, make_base, mount_tmpfs, umount
+
+pytestmark = pytest.mark.slow  # each test runs the real daemon through a fault and back
 
 
 @pytest.fixture(scope="module")
