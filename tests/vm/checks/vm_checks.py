@@ -45,6 +45,7 @@ CHECKS = [
     "manifest and release readable by the runtime user, group continuon",
     "journal -p warning: no noise in normal operation",
     "journal -p info: the cycle (job started, ended, promoted)",
+    "journal: structured fields (CT_EVENT=candidate_promoted, CT_RELEASE)",
     "reload re-reads the config (same MainPID)",
     "reload of a bad config: refused, old kept, journal says why",
     "SIGKILL during a job: restarted, recovers and trains again",
@@ -142,6 +143,17 @@ def journal(since_us: int, *args: str) -> list[dict]:
 
 def messages(entries: list[dict]) -> list[str]:
     return [str(e.get("MESSAGE", "")) for e in entries]
+
+
+def event_of(entry: dict) -> str:
+    """The daemon's event name: the native CT_EVENT field, else from a JSON log line."""
+    if entry.get("CT_EVENT"):
+        return str(entry["CT_EVENT"])
+    text = str(entry.get("MESSAGE", "")).lstrip("<0123456789>")
+    try:
+        return str(json.loads(text).get("event", ""))
+    except (ValueError, AttributeError):
+        return ""
 
 
 def unit_pids() -> list[int]:
@@ -253,7 +265,7 @@ def check_start() -> int:
             (
                 int(e["__MONOTONIC_TIMESTAMP"])
                 for e in journal(mark)
-                if int(e.get("_PID", 0)) == main and '"event":"ready"' in str(e.get("MESSAGE"))
+                if int(e.get("_PID", 0)) == main and event_of(e) == "ready"
             ),
             default=None,
         )
@@ -322,10 +334,17 @@ def check_training(start_mark: int) -> None:
 
     warnings = journal(start_mark, "-p", "warning")
     record(CHECKS[6], not warnings, "\n".join(messages(warnings)) or "none")
-    info = "\n".join(messages(journal(start_mark, "-p", "info")))
+    events = {event_of(e) for e in journal(start_mark, "-p", "info")}
     wanted = ["job_started", "job_ended", "candidate_promoted"]
-    missing = [w for w in wanted if w not in info]
+    missing = [w for w in wanted if w not in events]
     record(CHECKS[7], not missing, f"missing {missing}" if missing else "all present")
+    native = journal(start_mark, "CT_EVENT=candidate_promoted")
+    ok = any(e.get("CT_RELEASE") == rel for e in native)
+    record(
+        CHECKS[8],
+        ok,
+        json.dumps([{k: v for k, v in e.items() if k.startswith("CT_")} for e in native])[:1500],
+    )
 
 
 def write_config(**job: object) -> None:
@@ -345,7 +364,7 @@ def check_reload() -> None:
         "config_reloaded", lambda: [m for m in messages(journal(mark)) if "reloaded" in m], 120
     )
     same = props("MainPID")["MainPID"] == main
-    record(CHECKS[8], rc == 0 and same and bool(found), f"rc {rc} {out}; same pid {same}; {found}")
+    record(CHECKS[9], rc == 0 and same and bool(found), f"rc {rc} {out}; same pid {same}; {found}")
 
     mark = mono_us()
     write_config(max_steps=-5)
@@ -355,7 +374,7 @@ def check_reload() -> None:
     )
     p = props("MainPID", "ActiveState", "SubState")
     ok = p["MainPID"] == main and p["ActiveState"] == "active" and "max_steps" in why[0]
-    record(CHECKS[9], ok, f"rc {rc}; {json.dumps(p)}; {why}")
+    record(CHECKS[10], ok, f"rc {rc}; {json.dumps(p)}; {why}")
     write_config(max_steps=100000)  # a good file again, for the restarts below
 
 
@@ -390,7 +409,7 @@ def check_stop() -> None:
         and not users.strip()
     )
     record(
-        CHECKS[11],
+        CHECKS[12],
         ok,
         f"stop took {took:.1f}s (limit {TIMEOUT_STOP_S:g}); {json.dumps(p)}; children {children}, "
         f"alive {alive}; cgroup {left}; user's processes: {users.strip() or 'none'} {out}",
@@ -410,7 +429,7 @@ def check_sigkill() -> None:
 
     p = wait_for("the restart after SIGKILL", restarted, 300)
     job = wait_job_started()
-    record(CHECKS[10], True, f"before {before}; after {p}; a job again: {json.dumps(job)}")
+    record(CHECKS[11], True, f"before {before}; after {p}; a job again: {json.dumps(job)}")
 
 
 def check_watchdog_after_stop() -> None:
@@ -431,7 +450,7 @@ def check_watchdog() -> None:
     p = wait_for("the watchdog restart", restarted, 600, every=3)
     said = [m for m in messages(journal(mark)) if "atchdog" in m]
     ok = bool(said) and p["MainPID"] != before["MainPID"]
-    record(CHECKS[12], ok, f"before {before}; after {p}; journal: {said}")
+    record(CHECKS[13], ok, f"before {before}; after {p}; journal: {said}")
 
 
 def check_analyze() -> None:
@@ -441,9 +460,9 @@ def check_analyze() -> None:
         if "Overall exposure level" in line:
             level = float(line.split(":", 1)[1].split()[0])
     (OUT / "security.txt").write_text(out)
-    record(CHECKS[13], level is not None and level <= MAX_EXPOSURE, f"level {level}; rc {rc}")
+    record(CHECKS[14], level is not None and level <= MAX_EXPOSURE, f"level {level}; rc {rc}")
     rc, out = sh(f"systemd-analyze verify /etc/systemd/system/{UNIT}", timeout=300)
-    record(CHECKS[14], rc == 0 and not out.strip(), f"rc {rc}: {out.strip() or 'silent'}")
+    record(CHECKS[15], rc == 0 and not out.strip(), f"rc {rc}: {out.strip() or 'silent'}")
 
 
 def check_uninstall() -> None:
@@ -466,7 +485,7 @@ def check_uninstall() -> None:
     _, users = sh("pgrep -u continuon-trainer -a")
     ok = rc == 0 and not changed and not gone and not users.strip()
     record(
-        CHECKS[15],
+        CHECKS[16],
         ok,
         f"rc {rc}; left behind {gone}; robot files changed {changed[:10]}; unit {state.strip()}; "
         f"processes {users.strip() or 'none'}; {out[-800:]}",
