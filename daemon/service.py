@@ -30,6 +30,7 @@ from daemon.holding import HoldLog, ProgressLog, blocked_hold, gate_hold, trigge
 from daemon.ingest import scan
 from daemon.instance import AlreadyRunning, take_instance_lock
 from daemon.ledger import Ledger, LedgerError
+from daemon.lineage import risk_reason
 from daemon.logs import configure_logging, get_logger
 from daemon.metrics import gather, write_textfile
 from daemon.notify import Notifier
@@ -528,6 +529,8 @@ class Service:
         """Promote (``verdict.action == "promote"``) or reject the candidate; cool down."""
         now = self._monotonic()
         reasons = verdict.reasons + legacy_baseline_note(self.store.current())
+        if verdict.action != "promote":
+            reasons += risk_reason(result.episode_risk)
         release_id = None
         if verdict.action == "promote":
             assert result.candidate_path is not None
