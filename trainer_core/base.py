@@ -29,6 +29,7 @@ from torch import nn
 from trainer_core.config import FeaturesConfig, IngestConfig, JobConfig, PolicyConfig
 from trainer_core.features import Normalizer, read_split
 from trainer_core.fsio import atomic_write_bytes, atomic_write_json, sha256_file
+from trainer_core.inputs import training_inputs
 from trainer_core.policies import build_policy
 from trainer_core.train import Budget, LoopState, make_optimizer, train_loop
 
@@ -204,9 +205,10 @@ def pretrain_base(
     steps: int,
     seed: int,
     log: Any = None,
+    frame_cache: Path | None = None,
 ) -> BaseCard:
     """Train every weight of a fresh base on ``episodes``; write it and its card to ``out``."""
-    split = read_split(episodes, features, ingest)
+    split = read_split(episodes, features, ingest, frame_cache=frame_cache)
     for path, reason in split.skipped.items():
         if log:
             log(f"skipped {path}: {reason}")
@@ -218,6 +220,7 @@ def pretrain_base(
     model = build_policy(len(features.observation_names), len(features.action_names), policy)
     x = torch.from_numpy(normalizer.norm_obs(split.arrays.obs))
     y = torch.from_numpy(normalizer.norm_act(split.arrays.act))
+    x, _ = training_inputs(model, split.arrays, x, features, None, normalizer, seed)
     cfg = job.model_copy(
         update={"max_steps": steps, "seed": seed, "max_wall_time_s": 1e9, "max_rss_mb": 1e9}
     )
@@ -300,6 +303,7 @@ def pretrain_command(args: Any, config: Any) -> int:
             steps=args.steps,
             seed=args.seed,
             log=lambda line: print(line, flush=True),
+            frame_cache=config.paths.state / "frames" if config.features.images else None,
         )
     except (BaseError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -105,6 +105,8 @@ def run(spec: JobSpec, result: JobResult, t0: float, preempt: Preemption) -> Non
     from trainer_core.base import BaseError, load_base
     from trainer_core.evaluate import EvalInterrupted, Policy, shadow_eval
     from trainer_core.features import Normalizer, read_split
+    from trainer_core.frame_cache import cache_dir_for
+    from trainer_core.inputs import training_inputs
     from trainer_core.lora import (
         LoraError,
         attach_lora,
@@ -132,7 +134,10 @@ def run(spec: JobSpec, result: JobResult, t0: float, preempt: Preemption) -> Non
 
     # --- data -------------------------------------------------------------------------------
     emit({"event": "phase", "phase": "load"})
-    train = read_split(spec.train_episodes, spec.features, spec.ingest, spec.safety.proximity_path)
+    frame_cache = cache_dir_for(spec.run_dir) if spec.features.images else None
+    train = read_split(
+        spec.train_episodes, spec.features, spec.ingest, spec.safety.proximity_path, frame_cache
+    )
     result.skipped.update(train.skipped)
     if len(train.arrays) == 0:
         first = "; ".join(f"{p}: {r}" for p, r in list(train.skipped.items())[:3])
@@ -193,6 +198,13 @@ def run(spec: JobSpec, result: JobResult, t0: float, preempt: Preemption) -> Non
 
     x = torch.from_numpy(normalizer.norm_obs(train.arrays.obs)).to(device)
     y = torch.from_numpy(normalizer.norm_act(train.arrays.act)).to(device)
+    t_inputs = time.monotonic()
+    x, note = training_inputs(
+        model, train.arrays, x, spec.features, spec.lora.target_modules, normalizer, job.seed
+    )
+    if note:
+        result.notes.append(note)
+        result.timings["trunk_cache_s"] = round(time.monotonic() - t_inputs, 3)
 
     # --- train ------------------------------------------------------------------------------
     preempt.abort_immediately = False
@@ -231,7 +243,9 @@ def run(spec: JobSpec, result: JobResult, t0: float, preempt: Preemption) -> Non
     # --- shadow evaluation -----------------------------------------------------------------
     emit({"event": "phase", "phase": "eval"})
     t_eval = time.monotonic()
-    evals = read_split(spec.eval_episodes, spec.features, spec.ingest, spec.safety.proximity_path)
+    evals = read_split(
+        spec.eval_episodes, spec.features, spec.ingest, spec.safety.proximity_path, frame_cache
+    )
     result.skipped.update(evals.skipped)
     try:
         metrics = shadow_eval(

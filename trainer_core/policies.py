@@ -44,7 +44,14 @@ Builder = Callable[[int, int, PolicyConfig], nn.Module]
 
 FAMILIES: dict[str, Builder] = {
     "mlp": lambda n_obs, n_act, cfg: MLPPolicy(n_obs, n_act, cfg.hidden, cfg.activation),
+    "cnn": lambda n_obs, n_act, cfg: _cnn(n_obs, n_act, cfg),
 }
+
+
+def _cnn(n_obs: int, n_act: int, cfg: PolicyConfig) -> nn.Module:
+    from trainer_core.cnn import build_cnn  # cnn imports this module's config types
+
+    return build_cnn(n_obs, n_act, cfg)
 
 
 def build_policy(n_obs: int, n_act: int, cfg: PolicyConfig) -> nn.Module:
@@ -57,5 +64,5 @@ def build_policy(n_obs: int, n_act: int, cfg: PolicyConfig) -> nn.Module:
 
 
 def linear_module_names(model: nn.Module) -> list[str]:
-    """Names of the ``Linear`` submodules: what LoRA ``target_modules`` may name."""
-    return [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    """Names of the ``Linear`` and ``Conv2d`` submodules: what LoRA ``target_modules`` may name."""
+    return [name for name, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)]
