@@ -40,7 +40,7 @@ def encode(arr: np.ndarray, fmt: str = "JPEG") -> bytes:
 
 
 def colour_of(frames: np.ndarray, i: int) -> list[int]:
-    return [int(round(c)) for c in frames[i].reshape(3, -1).mean(axis=1)]
+    return [round(float(c)) for c in frames[i].reshape(3, -1).mean(axis=1)]
 
 
 def close(a: list[int], b: tuple[int, int, int], tol: int = 6) -> bool:
