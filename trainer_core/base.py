@@ -52,6 +52,7 @@ class BaseCard(BaseModel):
     sha256: str  # of the weights file
     created_by: str  # "init" or "pretrain"
     training: dict[str, Any] = {}
+    images: list[dict[str, Any]] = []  # the frame preprocessing (without augmentation) it saw
 
 
 @dataclass
@@ -107,6 +108,7 @@ def save_base(
         sha256=hashlib.sha256(data).hexdigest(),
         created_by=created_by,
         training=training or {},
+        images=_image_specs(features),
     )
     atomic_write_json(card_path(base_path), card.model_dump(mode="json"))
     return card
@@ -122,8 +124,13 @@ def _read_card(base_path: Path) -> BaseCard:
         raise BaseError(f"base card {path} is unreadable: {exc}") from None
 
 
+def _image_specs(features: FeaturesConfig) -> list[dict[str, Any]]:
+    return [i.model_dump(mode="json", exclude={"augment"}) for i in features.images]
+
+
 def _check_matches(card: BaseCard, policy: PolicyConfig, features: FeaturesConfig) -> None:
     want = {
+        "images": _image_specs(features),
         "family": policy.family,
         "hidden": list(policy.hidden),
         "activation": policy.activation,
