@@ -113,12 +113,15 @@ def train_loop(
     budget: Budget,
     emit: Emit,
     bf16: bool = False,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> Stop | None:
     """Train until ``job.max_steps`` (returns None) or a budget/preemption stop (returns it).
 
     ``x``/``y`` are normalised observations (a tensor, or :class:`ModelInputs` with frames)
-    and actions, already on the model's device.
+    and actions, already on the model's device;
+    ``loss_fn`` (a plug-in's) replaces the mean squared error.
     """
+    loss_fn = loss_fn or F.mse_loss
     n = len(x)
     batch_size = min(job.batch_size, n)
     batches_per_epoch = n // batch_size if job.drop_last else math.ceil(n / batch_size)
@@ -140,7 +143,7 @@ def train_loop(
 
         args, target = batch_of(x, y, idx, state.epoch * 1_000_003 + state.batch)
         with autocast:
-            loss = F.mse_loss(model(*args).float(), target)
+            loss = loss_fn(model(*args).float(), target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, job.grad_clip)
