@@ -114,6 +114,8 @@ def decide(metrics: EvalMetrics | None, cfg: PromotionConfig) -> Decision:
         metrics.shift_max <= cfg.max_shift_max,
         f"largest shift from baseline {metrics.shift_max:.4g} (max {cfg.max_shift_max:.4g})",
     )
+    for family_check in metrics.family_checks:
+        check(family_check.name, family_check.ok, family_check.text)
     return Decision(all(checks.values()), reasons, checks, numbers)
 
 

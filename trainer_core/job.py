@@ -130,6 +130,12 @@ def run(spec: JobSpec, result: JobResult, t0: float, preempt: Preemption) -> Non
     np.random.seed(job.seed)
     torch.manual_seed(job.seed)
 
+    if spec.policy.family == "hf-causal-lm":  # a language model: its own data and evaluation
+        from trainer_core.hf_lm import run_lm_job
+
+        run_lm_job(spec, result, t0, preempt, emit)
+        return
+
     # --- data -------------------------------------------------------------------------------
     emit({"event": "phase", "phase": "load"})
     train = read_split(spec.train_episodes, spec.features, spec.ingest, spec.safety.proximity_path)
