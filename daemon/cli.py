@@ -142,11 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rel_sub = rel.add_subparsers(dest="releases_verb", required=False, metavar="ACTION")
     p = add("show", "daemon.lineage:releases_show_command", "a release's lineage", rel_sub)
-    p.add_argument("release")
+    p.add_argument("release", help="release id")
     ep = add("episodes", "", "the ledger's episodes: list, show, quarantine")
     ep_sub = ep.add_subparsers(dest="episodes_verb", required=True, metavar="ACTION")
     p = add("list", "daemon.lineage:episodes_list_command", "every known episode", ep_sub)
-    p.add_argument("--status", choices=("valid", "rejected", "gone", "excluded"))
+    p.add_argument("--status", choices=("valid", "rejected", "gone", "excluded"), help="only these")
     p = add("show", "daemon.lineage:episodes_show_command", "an episode's releases", ep_sub)
     p.add_argument("episode", help="path or episode id")
     p = add("exclude", "daemon.lineage:episodes_exclude_command", "quarantine one", ep_sub)
@@ -154,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", required=True)
     p = add("include", "daemon.lineage:episodes_include_command", "lift a quarantine", ep_sub)
     p.add_argument("episode", help="path or episode id")
+    p = add("report", "daemon.report:report_command", "PNG plots and one HTML page")
+    p.add_argument("--out", type=Path, required=True, help="folder for index.html and the PNGs")
     p = add(
         "rollback",
         "daemon.store:rollback_command",

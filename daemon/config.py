@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from daemon.health import HealthConfig
+from daemon.metrics import MetricsConfig
 from gating.config import GateConfig
 from safety.config import PromotionConfig, SafetyConfig
 from trainer_core.config import FeaturesConfig, IngestConfig, JobConfig, LoraConfig, PolicyConfig
@@ -40,7 +41,7 @@ class PathsConfig(_Section):
 
 
 class ServiceConfig(_Section):
-    """The service loop's trigger policy and cadence (DESIGN §9)."""
+    """The service loop's trigger policy and cadence (architecture §9)."""
 
     min_new_episodes: int = Field(4, ge=1)
     min_total_episodes: int = Field(8, ge=1)
@@ -61,6 +62,7 @@ class LoggingConfig(_Section):
 
     level: str = Field("info", pattern="^(debug|info|warning|error)$")
     format: str = Field("auto", pattern="^(auto|console|json)$")
+    progress_every_s: float = Field(30.0, gt=0, description="job_progress line while training")
 
 
 class TrainerConfig(_Section):
@@ -78,6 +80,7 @@ class TrainerConfig(_Section):
     gate: GateConfig = Field(default_factory=GateConfig)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
 
     @property

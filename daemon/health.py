@@ -27,6 +27,7 @@ the episodes first seen while it ran are tagged in the ledger (excluded from tra
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from daemon.store import AdapterStore
 
 HEALTH_FILE = "health.json"
+SAVE_EVERY_S = 5.0
 KINDS = ("interventions", "estops", "safety_events")
 TELEOP = ("manual_control", "manual_training")
 
@@ -128,6 +130,18 @@ def minutes_to_detect_doubling(rate_per_hour: float, baseline_hours: float, cfg:
     return None
 
 
+def legacy_baseline_note(current: Any) -> list[str]:
+    """The decision's statement when the running release cannot be evaluated (an adopted
+    legacy adapter of unknown architecture): judged against the bare base, window mandatory."""
+    if current is None or not current.legacy:
+        return []
+    return [
+        f"NOTE baseline: the current release {current.id} is an adopted legacy adapter "
+        f"({current.format}) that cannot be evaluated; the candidate was judged against the "
+        "bare base, and its health window is mandatory"
+    ]
+
+
 # ------------------------------------------------------------------------------- state I/O
 
 
@@ -188,6 +202,8 @@ class HealthWatch:
         self.path = health_path(cfg)
         self.state = load_state(self.path)
         self._last_poll: float | None = None
+        self._saved_key: str | None = None
+        self._saved_at = float("-inf")
 
     @property
     def hcfg(self) -> HealthConfig:
@@ -238,6 +254,9 @@ class HealthWatch:
             if watched:
                 self.log.info("health_probation", release=current.id, predecessor=previous)
         if previous != current.id:
+            left = releases.get(previous or "")
+            if left is not None and left["state"] == "probation":
+                left.update(state="superseded", reason=f"{current.id} became current on probation")
             self.state["watching"] = current.id
             self._last_poll = None
         return rec
@@ -261,7 +280,9 @@ class HealthWatch:
             self.state["mode"] = mode
         counts, runtime_error = _runtime_counts(self.hcfg.runtime_file)
         if counts is not None:
-            inc = _increase(counts, self.state.get("runtime"))
+            # the first reading ever is the reference: counts from before we watched are no
+            # release's
+            inc = _increase(counts, self.state.get("runtime") or counts)
             rec["safety_events"] += inc["safety_clamps"] + inc["safety_blocks"]
             rec["errors"] += inc["errors"]
             self.state["runtime"] = counts
@@ -302,6 +323,19 @@ class HealthWatch:
         )
 
     def _save(self) -> None:
+        """Write the state when a count or verdict changed, else at most every SAVE_EVERY_S
+        (autonomous seconds alone do not cost an fsync per poll on an SD card)."""
+        key = json.dumps(
+            {
+                r: {k: v for k, v in rec.items() if k != "autonomous_s"}
+                for r, rec in self.state["releases"].items()
+            },
+            sort_keys=True,
+        ) + str(self.state.get("watching"))
+        now = time.monotonic()
+        if key == self._saved_key and now - self._saved_at < SAVE_EVERY_S:
+            return
+        self._saved_key, self._saved_at = key, now
         try:
             atomic_write_json(self.path, self.state)
         except OSError as exc:

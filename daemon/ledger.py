@@ -18,6 +18,7 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 SCHEMA_VERSION = 1
 FINISHED_JOB_STATUSES = ("done", "budget")
@@ -329,6 +330,26 @@ class Ledger:
         out["excluded"] = self._db.execute(
             f"SELECT COUNT(*) FROM episodes e WHERE status != 'gone' AND {_EXCLUDED}"
         ).fetchone()[0]
+        # Valid train episodes under quarantine: not trainable (daemon.status.episode_states).
+        out["train_excluded"] = self._db.execute(
+            "SELECT COUNT(*) FROM episodes e WHERE status = 'valid' AND split = 'train' "
+            f"AND {_EXCLUDED}"
+        ).fetchone()[0]
+        return out
+
+    def job_tallies(self) -> dict[str, Any]:
+        """Ended jobs by ``status`` and by ``decision`` (verdict), and the last time a job
+        ended with a decision (the metrics file's "last successful cycle")."""
+        out: dict[str, Any] = {"status": {}, "decision": {}, "last_decided_at": None}
+        for column in ("status", "decision"):
+            for value, n in self._db.execute(
+                f"SELECT {column}, COUNT(*) FROM jobs WHERE {column} IS NOT NULL GROUP BY 1"
+            ):
+                out[column][value] = n
+        row = self._db.execute(
+            "SELECT MAX(finished_at) FROM jobs WHERE decision IN ('promoted', 'rejected')"
+        ).fetchone()
+        out["last_decided_at"] = row[0] if row else None
         return out
 
     # -- quarantine (daemon.quarantine) -----------------------------------------------------

@@ -33,6 +33,7 @@ SCHEMA_KEYS = (
     "episodes",
     "job",
     "current_release",
+    "health",
     "blocked",
     "last_decisions",
     "ledger_error",
@@ -132,7 +133,7 @@ def episode_states(counts: dict[str, Any] | None) -> dict[str, int] | None:
     return {
         "settling": n("settling"),
         "valid": n("valid"),
-        "trainable": max(0, n("train") - n("unusable")),
+        "trainable": max(0, n("train") - n("train_excluded") - n("unusable")),
         "held_out": n("eval"),
         "rejected": n("rejected"),
         "excluded": n("excluded"),
@@ -196,6 +197,9 @@ def render(snapshot: dict[str, Any], running: bool) -> str:
             f"{_num(job.get('budget_s'), '.0f')} s budget"
         )
     lines.append(f"  release    {snapshot.get('current_release') or 'none (base policy only)'}")
+    health = snapshot.get("health")
+    if isinstance(health, dict) and health.get("state"):
+        lines.append(f"  health     {health['state']}: {health.get('reason')}")
     for key in ("ledger_error", "store_error"):
         if snapshot.get(key):
             lines.append(f"  error      {snapshot[key]}")

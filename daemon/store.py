@@ -1,6 +1,6 @@
 """The adapter store: immutable releases, the ``current`` symlink, and the model manifest.
 
-Layout (DESIGN §7)::
+Layout (architecture §7)::
 
     <model>/adapters/releases/<id>/   immutable: the candidate's files + release.json + card.json
     <model>/adapters/current          symlink -> releases/<id>
@@ -45,7 +45,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainer_core.fsio import TEMP_PREFIX, atomic_write_json, fsync_dir, fsync_tree, sha256_file
+from trainer_core.fsio import (
+    TEMP_PREFIX,
+    atomic_write_json,
+    fsync_dir,
+    fsync_tree,
+    mkdirs_durable,
+    sha256_file,
+)
 
 if TYPE_CHECKING:
     import argparse
@@ -540,7 +547,7 @@ class AdapterStore:
         card: dict[str, Any],
     ) -> Release:
         """Copy ``sources`` into a temp dir, write release.json and card.json, fsync, rename."""
-        self.releases_dir.mkdir(parents=True, exist_ok=True)
+        mkdirs_durable(self.releases_dir)  # a power cut must not lose releases/ itself
         staging = self.releases_dir / f"{TEMP_PREFIX}{rid}-{secrets.token_hex(4)}"
         staging.mkdir()
         try:
@@ -857,9 +864,17 @@ def releases_command(args: argparse.Namespace, config: TrainerConfig) -> int:
     if not rows:
         print(f"no releases under {config.adapters_dir}")
         return 0
-    print(f"  {'release':<32} {'created':<25} {'cand. error':>11} {'block rate':>10}  note")
+    print(
+        f"  {'release':<32} {'created':<25} {'cand. error':>11} {'block rate':>10} "
+        f"{'eval set':>11}  note"
+    )
+    eval_sets = set()
     for r in rows:
-        cand = (r.metrics or {}).get("candidate") or {}
+        m = r.metrics or {}
+        eval_set = f"{_fmt(m.get('eval_episodes'), 'd')} ep/{_fmt(m.get('eval_steps'), 'd')}"
+        if r.metrics:
+            eval_sets.add(eval_set)
+        cand = m.get("candidate") or {}
         err, block = cand.get("mse"), cand.get("block_rate")
         health = read_health_record(config, r.id) or {}
         flags = (
@@ -872,7 +887,13 @@ def releases_command(args: argparse.Namespace, config: TrainerConfig) -> int:
         note = ", ".join(name for name, on in flags if on)
         print(
             f"{'*' if r.is_current else ' '} {r.id:<32} {r.created:<25} "
-            f"{_fmt(err, '.4g'):>11} {_fmt(block, '.2%'):>10}  {note}"
+            f"{_fmt(err, '.4g'):>11} {_fmt(block, '.2%'):>10} {eval_set:>11}  {note}"
+        )
+    if len(eval_sets) > 1:
+        # Each error was measured on its own job's held-out set: the column does not compare.
+        print(
+            "note: these errors come from different held-out sets and do not compare; "
+            "`continuon-trainer report --out DIR` re-scores every release on one set"
         )
     return 0
 

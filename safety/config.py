@@ -143,7 +143,7 @@ def _bounds(value: Any) -> dict[str, tuple[float, float]]:
 
 
 class PromotionConfig(_Section):
-    """Every threshold of the promotion rule (DESIGN §7)."""
+    """Every threshold of the promotion rule (architecture §7)."""
 
     min_eval_steps: int = Field(64, gt=0)
     min_improvement: float = Field(0.02, ge=0, description="relative error drop required")

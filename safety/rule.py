@@ -1,6 +1,6 @@
 """The promotion rule: one pure function from shadow-evaluation metrics to a decision.
 
-A candidate is promoted only when every check passes (DESIGN §7):
+A candidate is promoted only when every check passes (architecture §7):
 
 - ``eval_steps``: at least ``min_eval_steps`` held-out steps were scored (zero never passes);
 - ``finite``: every number in the metrics is finite (NaN/Inf means something broke);

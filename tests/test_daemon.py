@@ -58,8 +58,10 @@ def torch_mapped(pid: int) -> bool:
 
 def test_daemon_modules_import_without_torch():
     code = (
-        "import sys, daemon.cli, daemon.service, daemon.status, daemon.demo, gating, safety.rule;"
-        "bad = [m for m in ('torch', 'peft', 'transformers') if m in sys.modules];"
+        "import sys, daemon.cli, daemon.service, daemon.status, daemon.demo, gating, safety.rule,"
+        " daemon.metrics, daemon.journal, daemon.logs;"
+        "bad = [m for m in ('torch', 'peft', 'transformers', 'matplotlib', 'prometheus_client')"
+        " if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)

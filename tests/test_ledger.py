@@ -41,6 +41,7 @@ def test_open_creates_schema_wal_and_version(tmp_path: Path) -> None:
             "eval": 0,
             "new": 0,
             "excluded": 0,
+            "train_excluded": 0,
         }
 
 
@@ -132,6 +133,7 @@ def test_new_valid_count_follows_finished_jobs(tmp_path: Path) -> None:
             "eval": 1,
             "new": 2,
             "excluded": 0,
+            "train_excluded": 0,
         }
         jobs = ledger.last_jobs(2)
         assert [j.run_id for j in jobs] == ["run3", "run2"]
