@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.config import ConfigError, TrainerConfig, load_config
-from daemon.ingest import scan
+from daemon.ingest import bounds_check, scan
 from daemon.ledger import Ledger
 from daemon.logs import configure_logging, get_logger
 from daemon.notify import Notifier
@@ -122,6 +122,7 @@ class Service:
             folder.mkdir(parents=True, exist_ok=True)
         self._take_instance_lock()
         self.ledger = Ledger.open(cfg.ledger_path)
+        self._accept = bounds_check(cfg)  # features.out_of_bounds: skip, seen by the ledger
         self.store = AdapterStore(
             cfg.adapters_dir, cfg.paths.manifest, model_name=cfg.policy.model_name
         )
@@ -292,6 +293,7 @@ class Service:
             self._wall(),
             deadline=time.monotonic() + budget,  # scan measures its slice on the real clock
             only=None if full else changed,
+            accept=self._accept,
         )
         if full:
             # An unfinished slice or settling episodes produce no further events: look again

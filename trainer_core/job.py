@@ -104,7 +104,7 @@ def run(spec: JobSpec, result: JobResult, t0: float, preempt: Preemption) -> Non
     from trainer_core import checkpoint as ckpt_mod
     from trainer_core.base import BaseError, load_base
     from trainer_core.evaluate import EvalInterrupted, Policy, shadow_eval
-    from trainer_core.features import Normalizer, read_split
+    from trainer_core.features import Normalizer, action_bounds, read_split
     from trainer_core.lora import (
         LoraError,
         attach_lora,
@@ -132,7 +132,14 @@ def run(spec: JobSpec, result: JobResult, t0: float, preempt: Preemption) -> Non
 
     # --- data -------------------------------------------------------------------------------
     emit({"event": "phase", "phase": "load"})
-    train = read_split(spec.train_episodes, spec.features, spec.ingest, spec.safety.proximity_path)
+    try:  # every action name bounded (safety.clamp_bounds, else features.bounds), or no job
+        bounds = action_bounds(spec.features, spec.safety.clamp_bounds)
+    except ValueError as exc:
+        raise InvalidJob(str(exc)) from None
+    safety = spec.safety.model_copy(update={"clamp_bounds": bounds})
+    train = read_split(
+        spec.train_episodes, spec.features, spec.ingest, safety.proximity_path, bounds
+    )
     result.skipped.update(train.skipped)
     if len(train.arrays) == 0:
         first = "; ".join(f"{p}: {r}" for p, r in list(train.skipped.items())[:3])
@@ -231,17 +238,19 @@ def run(spec: JobSpec, result: JobResult, t0: float, preempt: Preemption) -> Non
     # --- shadow evaluation -----------------------------------------------------------------
     emit({"event": "phase", "phase": "eval"})
     t_eval = time.monotonic()
-    evals = read_split(spec.eval_episodes, spec.features, spec.ingest, spec.safety.proximity_path)
+    evals = read_split(
+        spec.eval_episodes, spec.features, spec.ingest, safety.proximity_path, bounds
+    )
     result.skipped.update(evals.skipped)
     try:
         metrics = shadow_eval(
             evals.arrays,
-            len(evals.paths),
+            evals.episodes,
             baseline,
             baseline_kind,
             Policy(model, normalizer),
             base.normalizer,
-            spec.safety,
+            safety,
             device,
             preempt,
         )
