@@ -123,6 +123,7 @@ class Service:
         self._take_instance_lock()
         self.ledger = Ledger.open(cfg.ledger_path)
         self._accept = bounds_check(cfg)  # features.out_of_bounds: skip, seen by the ledger
+        self._safety_notes: list[str] = []  # looser manifest safety values, logged once
         self.store = AdapterStore(
             cfg.adapters_dir, cfg.paths.manifest, model_name=cfg.policy.model_name
         )
@@ -445,7 +446,12 @@ class Service:
     def _safety_config(self) -> SafetyConfig:
         if not self.cfg.safety.from_manifest:
             return self.cfg.safety
-        return merge_manifest_safety(self.cfg.safety, self.store.manifest_safety())
+        notes: list[str] = []
+        merged = merge_manifest_safety(self.cfg.safety, self.store.manifest_safety(), notes)
+        if notes and notes != self._safety_notes:  # the configured block is a floor
+            self.log.warning("manifest_safety_loosening_ignored", notes=notes)
+        self._safety_notes = notes
+        return merged
 
     def _resumable_checkpoint(self) -> Path | None:
         """The checkpoint named by the newest run that has a result, if that run was preempted.

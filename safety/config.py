@@ -292,8 +292,8 @@ class PromotionConfig(_Section):
     max_block_rate: float = Field(
         0.02, ge=0, le=1, description="cap on steps the candidate blocks and the baseline not"
     )
-    max_risk_margin: float = Field(
-        0.1, ge=0, le=1, description="mean rise over episodes of the episode's largest risk"
+    mean_risk_margin: float = Field(
+        0.02, ge=0, le=1, description="rise allowed in the mean per-step risk"
     )
     min_slice_episodes: int = Field(
         3, gt=0, description="held-out episodes a slice needs before it is judged on its own"

@@ -34,6 +34,7 @@ class PolicyEpisode(BaseModel):
     warn: int  # steps labelled warn
     block: int  # steps labelled block
     max_risk: float
+    risk_sum: float = 0.0  # sum over steps of the risk
     nonfinite: int = 0  # steps whose prediction held NaN/Inf
 
 

@@ -18,8 +18,9 @@ A candidate is promoted only when every check passes; in the order they are name
 - ``clamp_cap`` / ``warn_cap`` / ``block_cap``: the share of steps where the candidate is worse
   than the baseline ON THAT STEP, upper bound <= the absolute cap (data where a person comes
   close raises both policies' risk and vetoes nobody);
-- ``max_risk``: mean over episodes of the rise of the episode's largest risk, upper bound <=
-  ``max_risk_margin``;
+- ``mean_risk``: the rise of the mean per-step risk, upper bound <= ``mean_risk_margin`` (the
+  largest single-step risk is reported with it, but one step is a tiny count: how often the
+  risk crosses the warn and block thresholds is what the rate checks judge);
 - ``name:<action>``: every action name's relative error rise, upper bound <=
   ``max_name_regression``;
 - ``slice:<label>``: on each slice (environment, task) holding at least ``min_slice_episodes``
@@ -174,15 +175,18 @@ def _judge_evidence(judge: _Judge, eps: list[EpisodeEvidence], cfg: PromotionCon
             value=point,
             bound=upper,
         )
-    rise = boot.column(lambda e: e.candidate.max_risk - e.baseline.max_risk)
-    point, upper = boot.upper(lambda w: (w @ rise) / w.sum(axis=-1))
+    rise = boot.column(lambda e: e.candidate.risk_sum - e.baseline.risk_sum)
+    point, upper = boot.upper(lambda w: (w @ rise) / (w @ steps))
+    top = [max(getattr(e, side).max_risk for e in eps) for side in ("baseline", "candidate")]
     judge.check(
-        "max_risk",
-        upper <= cfg.max_risk_margin,
-        f"episodes' largest risk {point:+.3f} vs baseline on average ({conf} upper bound "
-        f"{upper:+.3f}; margin {cfg.max_risk_margin:+.3f})",
+        "mean_risk",
+        upper <= cfg.mean_risk_margin,
+        f"mean risk per step {point:+.4f} vs baseline ({conf} upper bound {upper:+.4f}; "
+        f"margin {cfg.mean_risk_margin:+.4f}); largest risk {top[1]:.3f} vs baseline {top[0]:.3f}",
         value=point,
         bound=upper,
+        candidate_max_risk=top[1],
+        baseline_max_risk=top[0],
     )
     names = sorted(eps[0].baseline.sq_err)
     for name in names:

@@ -30,7 +30,7 @@ class Ep:
     base_counts: dict[str, int] = field(default_factory=dict)  # clamp / warn / block
     cand_counts: dict[str, int] = field(default_factory=dict)
     worse: dict[str, int] = field(default_factory=dict)  # clamp / warn / block
-    base_risk: float = 0.1
+    base_risk: float = 0.1  # mean risk per step
     cand_risk: float = 0.1
     nonfinite: int = 0
 
@@ -41,7 +41,8 @@ class Ep:
                 "clamp": counts.get("clamp", 0),
                 "warn": counts.get("warn", 0),
                 "block": counts.get("block", 0),
-                "max_risk": risk,
+                "max_risk": min(1.0, 3 * risk),
+                "risk_sum": risk * self.steps,
                 "nonfinite": nf,
             }
 
@@ -173,8 +174,13 @@ CASES: list[tuple[str, Any, str | None]] = [
         ),
         "clamp_cap",
     ),
-    ("max_risk_rise", lambda: metrics(good(cand_risk=0.5)), "max_risk"),
-    ("max_risk_rise_once", lambda: metrics(with_first(good(), 1, cand_risk=0.3)), None),
+    ("risk_rise", lambda: metrics(good(cand_risk=0.15)), "mean_risk"),
+    (
+        "risk_rise_in_one_episode",
+        lambda: metrics(with_first(good(), 1, cand_risk=0.2)),
+        "mean_risk",
+    ),
+    ("risk_rise_within_margin", lambda: metrics(good(cand_risk=0.11)), None),
     # steering error up 37 % while throttle improves a lot: the mean would hide it
     (
         "steering_regresses_37pct",
@@ -255,7 +261,7 @@ def test_every_reason_has_its_numbers_and_bound() -> None:
     d = decide(metrics(good()), CFG)
     by_name = {r.split(" ", 1)[1].split(": ", 1)[0]: r for r in d.reasons}
     assert "95% lower bound" in by_name["improvement"]
-    for check in ("clamp_rate", "warn_rate", "block_rate", "block_cap", "max_risk"):
+    for check in ("clamp_rate", "warn_rate", "block_rate", "block_cap", "mean_risk"):
         assert "95% upper bound" in by_name[check], by_name[check]
     assert "95% upper bound" in by_name["name:steering"]
     assert d.numbers["improvement.value"] == pytest.approx(0.75)

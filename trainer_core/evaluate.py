@@ -123,6 +123,7 @@ def _episode_part(scored: Scored, rows: slice, names: list[str]) -> PolicyEpisod
         warn=int((a.label[rows] == WARN).sum()),
         block=int((a.label[rows] == BLOCK).sum()),
         max_risk=float(a.risk[rows].max()),
+        risk_sum=float(a.risk[rows].sum()),
         nonfinite=int(scored.nonfinite[rows].sum()),
     )
 
