@@ -14,6 +14,27 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from daemon.config import ConfigError, load_config
+from daemon.locate import find_config
+
+
+class HELP(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option shows its default; a required option or a None default shows none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.required or action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (``--episodes 0`` is refused, not a silent no-op)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (got {value})")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--config",
         type=Path,
         default=argparse.SUPPRESS,
-        help="trainer.yaml (default: the embedded default)",
+        help="trainer.yaml (default: $CONTINUON_TRAINER_CONFIG, else /etc/continuon/trainer.yaml "
+        "when present, else the embedded default)",
     )
     common.add_argument(
         "--root",
@@ -32,12 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: $CONTINUON_TRAINER_ROOT, else the config's root)",
     )
     parser = argparse.ArgumentParser(
-        prog="continuon-trainer", parents=[common], description="On-robot LoRA trainer sidecar."
+        prog="continuon-trainer",
+        parents=[common],
+        description="On-robot LoRA trainer sidecar.",
+        formatter_class=HELP,
     )
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     def add(name: str, handler: str, help: str, s: argparse._SubParsersAction = sub):
-        p = s.add_parser(name, help=help, description=help, parents=[common])
+        p = s.add_parser(name, help=help, description=help, parents=[common], formatter_class=HELP)
         p.set_defaults(handler=handler)
         return p
 
@@ -49,11 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="ignore the gate (an operator at the robot)"
     )
     p = add("status", "daemon.status:status_command", "what the daemon is doing and why")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the versioned JSON schema")
     p = add(
         "demo", "daemon.demo:demo_command", "end to end on the embedded default, in a demo root"
     )
-    p.add_argument("--demo-root", type=Path, default=Path("demo-root"))
+    p.add_argument(
+        "--demo-root", type=Path, default=Path("demo-root"), help="folder the demo works in"
+    )
 
     cfg = add("config", "", "configuration commands")
     cfg_sub = cfg.add_subparsers(dest="config_verb", required=True, metavar="ACTION")
@@ -63,11 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
         "print the effective config or its errors",
         cfg_sub,
     )
-    p.add_argument("file")
+    p.add_argument("file", help="the trainer.yaml (or legacy JSON job config) to check")
 
     p = add("validate", "daemon.ingest:validate_command", "check episodes; never modifies them")
-    p.add_argument("paths", nargs="+", type=Path)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("paths", nargs="+", type=Path, help="episodes or folders of episodes")
+    p.add_argument("--json", action="store_true", help="one JSON list of verdicts")
 
     base = add("base", "", "base policy commands")
     base_sub = base.add_subparsers(dest="base_verb", required=True, metavar="ACTION")
@@ -77,8 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
         "fresh base weights sized from the feature spec",
         base_sub,
     )
-    p.add_argument("--out", type=Path)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="where to write it (default: policy.base_path)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the weights")
     p.add_argument("--force", action="store_true", help="replace an existing base")
     p = add(
         "pretrain",
@@ -86,36 +113,59 @@ def build_parser() -> argparse.ArgumentParser:
         "train a base on episodes (full weights)",
         base_sub,
     )
-    p.add_argument("--episodes", type=Path, required=True)
-    p.add_argument("--out", type=Path)
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--episodes", type=Path, required=True, help="folder of RLDS episodes")
+    p.add_argument("--out", type=Path, help="where to write it (default: policy.base_path)")
+    p.add_argument("--steps", type=positive_int, default=2000, help="optimizer steps")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--force", action="store_true", help="replace an existing base")
 
     p = add(
         "synth",
         "trainer_core.synth:synth_command",
-        "write synthetic Donkeycar-like episodes (layout A)",
+        "write synthetic Donkeycar-like episodes (layout A: a folder per episode with "
+        "metadata.json and JSONL step shards)",
     )
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--episodes", type=int, default=16)
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steering-bias", type=float, default=0.0)
-    p.add_argument("--speed", type=float, default=1.0)
+    p.add_argument("--out", type=Path, required=True, help="folder to write episodes into")
+    p.add_argument("--episodes", type=positive_int, default=16, help="how many episodes")
+    p.add_argument("--steps", type=positive_int, default=100, help="steps per episode")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--steering-bias", type=float, default=0.0, help="added to every steering")
+    p.add_argument("--speed", type=float, default=1.0, help="throttle scale")
     p.add_argument(
         "--unsafe", action="store_true", help="out-of-bounds actions, driving into the person"
     )
 
-    add(
+    rel = add(
         "releases",
         "daemon.store:releases_command",
-        "list releases, their metrics, which is current",
+        "list releases, their metrics, health and which is current",
     )
+    rel_sub = rel.add_subparsers(dest="releases_verb", required=False, metavar="ACTION")
+    p = add("show", "daemon.lineage:releases_show_command", "a release's lineage", rel_sub)
+    p.add_argument("release", help="release id")
+    ep = add("episodes", "", "the ledger's episodes: list, show, quarantine")
+    ep_sub = ep.add_subparsers(dest="episodes_verb", required=True, metavar="ACTION")
+    p = add("list", "daemon.lineage:episodes_list_command", "every known episode", ep_sub)
+    p.add_argument("--status", choices=("valid", "rejected", "gone", "excluded"), help="only these")
+    p = add("show", "daemon.lineage:episodes_show_command", "an episode's releases", ep_sub)
+    p.add_argument("episode", help="path or episode id")
+    p = add("exclude", "daemon.lineage:episodes_exclude_command", "quarantine one", ep_sub)
+    p.add_argument("episode", help="path or episode id")
+    p.add_argument("--reason", required=True)
+    p = add("include", "daemon.lineage:episodes_include_command", "lift a quarantine", ep_sub)
+    p.add_argument("episode", help="path or episode id")
+    p = add("report", "daemon.report:report_command", "PNG plots and one HTML page")
+    p.add_argument("--out", type=Path, required=True, help="folder for index.html and the PNGs")
     p = add(
-        "rollback", "daemon.store:rollback_command", "go back to the previous (or a named) release"
+        "rollback",
+        "daemon.store:rollback_command",
+        "back to the newest earlier good (or a named) release",
     )
-    p.add_argument("--to", dest="release")
+    p.add_argument(
+        "--to", dest="release", help="release id (default: the newest earlier one not marked bad)"
+    )
+    p.add_argument("--force", action="store_true", help="even to a release marked bad")
+    p.add_argument("--reason", help="why (recorded in the bad mark of the release left)")
 
     imp = add("import", "", "bring data from other formats in as RLDS episodes")
     imp_sub = imp.add_subparsers(dest="import_verb", required=True, metavar="FORMAT")
@@ -124,16 +174,19 @@ def build_parser() -> argparse.ArgumentParser:
         ("donkey-tub", "trainer_core.importers.donkey:import_command"),
     ):
         p = add(fmt, handler, f"import a local {fmt} dataset", imp_sub)
-        p.add_argument("src", type=Path)
-        p.add_argument("--out", type=Path, required=True)
+        p.add_argument("src", type=Path, help=f"the {fmt} dataset folder")
+        p.add_argument("--out", type=Path, required=True, help="folder to write episodes into")
         if fmt == "donkey-tub":
             p.add_argument(
                 "--max-gap-s",
                 type=float,
                 default=2.0,
-                help="start a new episode where the tub's clock jumps by more (default 2 s)",
+                help="start a new episode where the tub's clock jumps by more (seconds)",
             )
     return parser
+
+
+LOUD = {"daemon.service:run_command", "daemon.service:once_command"}
 
 
 def resolve_handler(spec: str):
@@ -151,14 +204,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.root = getattr(args, "root", None)
     if args.handler == "daemon.config:config_check_command":
         return resolve_handler(args.handler)(args)
+    args.config, source = find_config(args.config)
+    if args.handler != "daemon.service:run_command":  # the daemon logs it in the journal
+        print(f"config: {source}", file=sys.stderr)
     try:
         config, warnings = load_config(args.config, args.root)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    for w in warnings:
+    # Legacy-key warnings where the config takes effect, not on every look at status.
+    for w in warnings if args.handler in LOUD else []:
         print(f"warning: {w}", file=sys.stderr)
-    return int(resolve_handler(args.handler)(args, config) or 0)
+    try:
+        return int(resolve_handler(args.handler)(args, config) or 0)
+    except OSError as exc:  # one line an operator can act on, never a traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(
+            f"continuon-trainer {args.verb}: error: {where}{exc.strerror or exc}", file=sys.stderr
+        )
+        return 1
 
 
 if __name__ == "__main__":

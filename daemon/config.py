@@ -7,6 +7,7 @@ validated, root-resolved :class:`TrainerConfig`. Errors name the file and the ke
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from importlib import resources
@@ -16,6 +17,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from daemon.health import HealthConfig
+from daemon.metrics import MetricsConfig
 from gating.config import GateConfig
 from safety.config import PromotionConfig, SafetyConfig, resolve_bounds
 from trainer_core.config import FeaturesConfig, IngestConfig, JobConfig, LoraConfig, PolicyConfig
@@ -76,6 +79,8 @@ class TrainerConfig(_Section):
     gate: GateConfig = Field(default_factory=GateConfig)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
 
     @model_validator(mode="after")
     def _every_action_bounded(self) -> TrainerConfig:
@@ -162,8 +167,21 @@ def map_legacy(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     episodes = Path(str(raw.get("rlds_dir", "")))
     if episodes.parts[-2:] == ("rlds", "episodes"):
         # continuonos keeps everything under one brain folder: make it the root, so the model
-        # and state folders land beside the episodes as on a real install.
-        out["root"] = str(episodes.parent.parent)
+        # and state folders land beside the episodes as on a real install; paths inside it
+        # become relative, so --root (or a copy of the folder) moves all of them together.
+        brain = episodes.parent.parent
+        out["root"] = str(brain)
+        for section, key in (("paths", "episodes"), ("policy", "base_path")):
+            value = out.get(section, {}).get(key)
+            if value is not None and Path(str(value)).is_relative_to(brain):
+                out[section][key] = str(Path(str(value)).relative_to(brain))
+    attention = {"q_proj", "k_proj", "v_proj", "o_proj"}
+    if set(raw.get("lora_layers") or []) & attention:
+        out.setdefault("policy", {})["family"] = "transformer"
+        warnings.append(
+            "lora_layers name attention projections: policy.family is transformer "
+            "(an encoder over observation tokens with q_proj/k_proj/v_proj/o_proj)"
+        )
     return out, warnings
 
 
@@ -191,6 +209,13 @@ def format_errors(source: str, exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def _named(text: str, path: Path) -> io.StringIO:
+    """The text as a stream named for the file: YAML errors then say ``in "trainer.yaml"``."""
+    stream = io.StringIO(text)
+    stream.name = str(path)  # type: ignore[misc]
+    return stream
+
+
 def read_raw(path: Path) -> tuple[dict[str, Any], list[str]]:
     """Parse a YAML or JSON config file into a dict (legacy JSON mapped); return warnings too."""
     try:
@@ -200,7 +225,7 @@ def read_raw(path: Path) -> tuple[dict[str, Any], list[str]]:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}): {exc.reason}") from None
     try:
-        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(_named(text, path))
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(
             f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}"
@@ -249,13 +274,17 @@ def choose_root(cli_root: str | None, file_root: Path, config_path: Path | None)
 def load_config(path: Path | None, root: str | None = None) -> tuple[TrainerConfig, list[str]]:
     """Load, validate and root-resolve a config; ``path=None`` means the embedded default.
 
-    Returns the config and human-readable warnings (legacy keys). Raises :class:`ConfigError`.
+    Drop-ins ``<file>.d/*.yaml`` (sorted) are laid over the file (a legacy JSON config stays as
+    it is; local settings go beside it). Returns the config and human-readable warnings (legacy
+    keys). Raises :class:`ConfigError`.
     """
     if path is None:
         raw, warnings, source = yaml.safe_load(default_config_text()) or {}, [], DEFAULT_CONFIG
     else:
         raw, warnings = read_raw(path)
+        raw = apply_dropins(raw, path)
         source = path.name
+    raw = default_state_dir(raw, os.environ)
     try:
         cfg = TrainerConfig.model_validate(raw)
     except ValidationError as exc:
@@ -265,6 +294,56 @@ def load_config(path: Path | None, root: str | None = None) -> tuple[TrainerConf
     return cfg, warnings  # type: ignore[return-value]
 
 
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merge(out[key], value) if both else value
+    return out
+
+
+def apply_dropins(raw: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``raw`` with each ``<path>.d/*.yaml`` merged over it, in name order (systemd style)."""
+    folder = path.with_name(path.name + ".d")
+    if not folder.is_dir():
+        return raw
+    for dropin in sorted(folder.glob("*.yaml")):
+        extra, _ = read_raw(dropin)
+        raw = _merge(raw, extra)
+    return raw
+
+
+def default_state_dir(raw: dict[str, Any], environ: Any) -> dict[str, Any]:
+    """Under systemd (``StateDirectory=`` sets ``$STATE_DIRECTORY``, /var/lib/continuon-trainer)
+    the state folder defaults to it: the unit leaves the brain folder read-only, except model/.
+    A ``paths.state`` in the file still wins."""
+    unit_dir = (environ.get("STATE_DIRECTORY") or "").split(":")[0]
+    paths = raw.get("paths")
+    if not unit_dir or (isinstance(paths, dict) and "state" in paths):
+        return raw
+    return _merge(raw, {"paths": {"state": unit_dir}})
+
+
+def lora_target_warnings(cfg: TrainerConfig) -> list[str]:
+    """A warning when ``lora.target_modules`` match no module of the configured family.
+
+    Builds the family on torch's meta device (no memory, no weights); used by ``config check``,
+    so the mismatch shows before any job rather than as an ``invalid`` one.
+    """
+    from trainer_core.lora import missing_targets  # torch: only in this CLI verb
+
+    try:
+        missing, names = missing_targets(cfg.policy, cfg.features, cfg.lora)
+    except Exception as exc:  # a plug-in that cannot be built says so here too
+        return [f"policy.family {cfg.policy.family!r} cannot be built: {exc}"]
+    if not missing:
+        return []
+    return [
+        f"lora.target_modules {missing} match no Linear module of policy.family "
+        f"{cfg.policy.family!r}; it has {names}: every job would end invalid"
+    ]
+
+
 def config_check_command(args: Any) -> int:
     """``continuon-trainer config check FILE``: print the effective config or the errors."""
     try:
@@ -272,7 +351,7 @@ def config_check_command(args: Any) -> int:
     except ConfigError as exc:
         print(exc)
         return 2
-    for w in warnings:
+    for w in [*warnings, *lora_target_warnings(cfg)]:
         print(f"warning: {w}")
     print(yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False), end="")
     return 0

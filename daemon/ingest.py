@@ -272,7 +272,13 @@ def _process(
         )
         return
     twin = ledger.valid_path_with_hash(digest, key)
-    if twin is not None and (twin in present or os.path.lexists(twin)):
+    # A twin counts only as a live entry of this folder: the copy an operator pointed
+    # paths.episodes at must not lose to the old folder it came from, which still exists on
+    # disk but is no longer scanned (validate judges a folder the same way).
+    live = twin in present or (
+        twin is not None and os.path.dirname(twin) == os.path.dirname(key) and os.path.lexists(twin)
+    )
+    if twin is not None and live:
         _reject(
             ledger,
             report,
@@ -425,6 +431,24 @@ def check_one(
     return result
 
 
+# What the layout letters of FORMATS §1 mean, for the operator reading ``validate``.
+LAYOUTS = {
+    "A": "folder of JSONL shards",
+    "B": "one JSON file",
+    "C": "task-library JSON",
+    "D": "TFRecord",
+    "E": "camelCase JSONL",
+}
+
+
+def describe(steps: int, layout: str) -> str:
+    """``1 step, layout A (folder of JSONL shards)``."""
+    name = LAYOUTS.get(layout)
+    return f"{steps} step{'' if steps == 1 else 's'}, layout {layout}" + (
+        f" ({name})" if name else ""
+    )
+
+
 def validate_command(args: Any, config: Any) -> int:
     """``continuon-trainer validate PATH... [--json]``: one line per episode (``OK <path> (<n>
     steps, layout X)`` or ``REJECTED <path>: <reason>``), or a JSON list with ``--json``.
@@ -446,7 +470,7 @@ def validate_command(args: Any, config: Any) -> int:
     else:
         for r in results:
             if r["ok"]:
-                print(f"OK {r['path']} ({r['steps']} steps, layout {r['layout']})")
+                print(f"OK {r['path']} ({describe(r['steps'], r['layout'])})")
             else:
                 print(f"REJECTED {r['path']}: {r['reason']}")
     return 0 if results and all(r["ok"] for r in results) else 1

@@ -18,9 +18,16 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 SCHEMA_VERSION = 1
 FINISHED_JOB_STATUSES = ("done", "budget")
+# Whether episode ``e`` is quarantined (by an operator, or tagged as recorded under a release that
+# was rolled back): it stays on disk, untouched, and never trains or evaluates.
+_EXCLUDED = (
+    "EXISTS (SELECT 1 FROM exclusions x WHERE x.active = 1 AND "
+    "(x.path = e.path OR x.content_hash = e.content_hash))"
+)
 # Whether episode ``e`` was trained on by a job that ran to the end (parameters: the statuses).
 _USED_BY_A_FINISHED_JOB = (
     "EXISTS (SELECT 1 FROM job_episodes je JOIN jobs j ON j.run_id = je.run_id "
@@ -56,6 +63,14 @@ CREATE TABLE IF NOT EXISTS job_episodes (
     run_id       TEXT NOT NULL REFERENCES jobs (run_id),
     content_hash TEXT NOT NULL,
     PRIMARY KEY (run_id, content_hash)
+);
+CREATE TABLE IF NOT EXISTS exclusions (
+    path         TEXT PRIMARY KEY,
+    content_hash TEXT,
+    reason       TEXT NOT NULL,
+    source       TEXT NOT NULL,
+    active       INTEGER NOT NULL DEFAULT 1,
+    at           REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
@@ -285,7 +300,8 @@ class Ledger:
         first."""
         rows = self._db.execute(
             "SELECT path, episode_id, content_hash, n_steps, first_seen FROM episodes e "
-            f"WHERE status = 'valid' AND split = ? ORDER BY {_USED_BY_A_FINISHED_JOB}, "
+            f"WHERE status = 'valid' AND split = ? AND NOT {_EXCLUDED} "
+            f"ORDER BY {_USED_BY_A_FINISHED_JOB}, "
             "first_seen DESC, path",
             (split, *FINISHED_JOB_STATUSES),
         )
@@ -295,7 +311,7 @@ class Ledger:
         """Valid train episodes that no finished job (``done``/``budget``) trained on."""
         row = self._db.execute(
             "SELECT COUNT(*) FROM episodes e WHERE e.status = 'valid' AND e.split = 'train' "
-            f"AND NOT {_USED_BY_A_FINISHED_JOB}",
+            f"AND NOT {_EXCLUDED} AND NOT {_USED_BY_A_FINISHED_JOB}",
             FINISHED_JOB_STATUSES,
         ).fetchone()
         return int(row[0])
@@ -311,7 +327,98 @@ class Ledger:
             if split in out:
                 out[split] = n
         out["new"] = self.new_valid_count()
+        out["excluded"] = self._db.execute(
+            f"SELECT COUNT(*) FROM episodes e WHERE status != 'gone' AND {_EXCLUDED}"
+        ).fetchone()[0]
+        # Valid train episodes under quarantine: not trainable (daemon.status.episode_states).
+        out["train_excluded"] = self._db.execute(
+            "SELECT COUNT(*) FROM episodes e WHERE status = 'valid' AND split = 'train' "
+            f"AND {_EXCLUDED}"
+        ).fetchone()[0]
         return out
+
+    def job_tallies(self) -> dict[str, Any]:
+        """Ended jobs by ``status`` and by ``decision`` (verdict), and the last time a job
+        ended with a decision (the metrics file's "last successful cycle")."""
+        out: dict[str, Any] = {"status": {}, "decision": {}, "last_decided_at": None}
+        for column in ("status", "decision"):
+            for value, n in self._db.execute(
+                f"SELECT {column}, COUNT(*) FROM jobs WHERE {column} IS NOT NULL GROUP BY 1"
+            ):
+                out[column][value] = n
+        row = self._db.execute(
+            "SELECT MAX(finished_at) FROM jobs WHERE decision IN ('promoted', 'rejected')"
+        ).fetchone()
+        out["last_decided_at"] = row[0] if row else None
+        return out
+
+    # -- quarantine (daemon.quarantine) -----------------------------------------------------
+
+    def exclude(
+        self,
+        path: str,
+        content_hash: str | None,
+        reason: str,
+        source: str,
+        now: float,
+        active: bool = True,
+    ) -> None:
+        """Quarantine an episode: never trained or evaluated on again until :meth:`include`.
+        ``active=False`` only tags it (the reason is kept; it still trains)."""
+        with self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO exclusions "
+                "(path, content_hash, reason, source, active, at) VALUES (?, ?, ?, ?, ?, ?)",
+                (path, content_hash, reason, source, int(active), now),
+            )
+
+    def include(self, path: str) -> bool:
+        """Lift the quarantine of ``path`` (the row stays, inactive, as history)."""
+        with self._db:
+            cur = self._db.execute("UPDATE exclusions SET active = 0 WHERE path = ?", (path,))
+        return cur.rowcount > 0
+
+    def exclusions(self, active_only: bool = True) -> list[tuple[str, str | None, str, str, float]]:
+        """``(path, content_hash, reason, source, at)`` of quarantined episodes."""
+        rows = self._db.execute(
+            "SELECT path, content_hash, reason, source, at FROM exclusions "
+            + ("WHERE active = 1 " if active_only else "")
+            + "ORDER BY at, path"
+        )
+        return [tuple(r) for r in rows]
+
+    def episodes_seen_between(self, start: float, end: float) -> list[tuple[str, str | None]]:
+        """``(path, content_hash)`` of valid episodes first seen in ``[start, end]``."""
+        rows = self._db.execute(
+            "SELECT path, content_hash FROM episodes WHERE status = 'valid' "
+            "AND first_seen BETWEEN ? AND ? ORDER BY path",
+            (start, end),
+        )
+        return [tuple(r) for r in rows]
+
+    def episode(self, key: str) -> tuple | None:
+        """``(path, episode_id, content_hash, status, reason, split, n_steps)`` by path or id."""
+        return self._db.execute(
+            "SELECT path, episode_id, content_hash, status, reason, split, n_steps FROM episodes "
+            "WHERE path = ? OR episode_id = ? OR content_hash = ? ORDER BY last_seen DESC",
+            (key, key, key),
+        ).fetchone()
+
+    def episodes_by_hash(self, hashes: list[str]) -> list[tuple[str, str | None, str]]:
+        """``(path, episode_id, content_hash)`` of recorded episodes holding these hashes."""
+        rows = self._db.execute(
+            "SELECT path, episode_id, content_hash FROM episodes ORDER BY path"
+        ).fetchall()
+        wanted = set(hashes)
+        return [tuple(r) for r in rows if r[2] in wanted]
+
+    def all_episodes(self) -> list[tuple[str, str | None, str | None, str, str | None, bool]]:
+        """``(path, episode_id, content_hash, status, reason, excluded)`` for every episode."""
+        rows = self._db.execute(
+            f"SELECT path, episode_id, content_hash, status, reason, {_EXCLUDED} FROM episodes e "
+            "ORDER BY path"
+        )
+        return [(*r[:5], bool(r[5])) for r in rows]
 
     def rejected(self, limit: int = 20) -> list[tuple[str, str]]:
         """``(path, reason)`` of the most recently seen rejected episodes."""

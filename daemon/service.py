@@ -24,10 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from daemon.config import ConfigError, TrainerConfig, load_config
+from daemon.health import HealthWatch, legacy_baseline_note
 from daemon.ingest import bounds_check, scan
-from daemon.ledger import Ledger
+from daemon.ledger import Ledger, LedgerError
 from daemon.logs import configure_logging, get_logger
 from daemon.notify import Notifier
+from daemon.precheck import manifest_model_mismatch, read_manifest
 from daemon.status import write_status
 from daemon.store import AdapterStore, Release, StoreError, utc_stamp
 from daemon.supervisor import JobSupervisor, Outcome, read_result, reap_orphan
@@ -36,6 +38,7 @@ from daemon.watcher import EpisodeWatcher
 from gating import Gate, GateDecision, build_gate
 from safety.config import SafetyConfig, merge_manifest_safety
 from safety.rule import decide
+from trainer_core.basefile import base_weights_file
 from trainer_core.spec import RESULT_FILE, JobSpec
 
 DAY_S = 86_400.0
@@ -133,6 +136,7 @@ class Service:
             self.log.warning("orphan_job_reaped", detail=orphan)
         self._clean_runs()
         self.gate = build_gate(cfg.gate, os.getpid(), self._monotonic, self._wall)
+        self.health = HealthWatch(cfg, self.store, self.ledger, self.log, self._wall)
         self.watcher = self._start_watcher()
         # READY before the first scan: a large folder is scanned in slices by the loop, which
         # keeps pinging the watchdog meanwhile.
@@ -268,9 +272,18 @@ class Service:
         self.rescan()
         self.gate_decision = self.gate.poll()
         self._log_gate_change(self.gate_decision)
+        self.watch_health()
         self.advance(self.gate_decision)
         self.publish()
         self.notifier.watchdog()
+
+    def watch_health(self) -> None:
+        """The health window (daemon.health): follow the current release, roll back when it is
+        worse than its predecessor. A failing source is logged; the loop goes on."""
+        try:
+            self.health.poll()
+        except (OSError, StoreError, LedgerError) as exc:
+            self.log.error("health_poll_failed", error=str(exc))
 
     def rescan(self) -> None:
         """Bring the ledger up to date with the episodes folder, in slices; log rejections.
@@ -376,16 +389,16 @@ class Service:
             self._check_store()
         if self.store_error:
             return self.store_error
-        if not self.cfg.policy.base_path.is_file():
+        if not base_weights_file(self.cfg.policy).is_file():
             return (
-                f"no base policy at {self.cfg.policy.base_path}: run "
+                f"no base policy at {base_weights_file(self.cfg.policy)}: run "
                 "`continuon-trainer base init` or `base pretrain`"
             )
         try:
             self._safety_config()
         except (StoreError, ValueError) as exc:
             return f"the manifest's safety block is unusable: {exc}"
-        return None
+        return manifest_model_mismatch(read_manifest(self.cfg.paths.manifest), self.cfg.policy)
 
     def start_job(self) -> None:
         """Write a spec from the ledger's episodes and start the child."""
@@ -499,6 +512,7 @@ class Service:
         reasons = list(decision.reasons)
         promote = decision.promote
         baseline_now = self._baseline_kind()
+        reasons += legacy_baseline_note(self.store.current())
         if result.metrics is not None and result.metrics.baseline_kind != baseline_now:
             # An operator rolled back (or another release landed) while the job ran: the
             # candidate was judged against something that is no longer running.
@@ -620,6 +634,7 @@ class Service:
             "current_release": current.id if current else None,
             "blocked": self.blocked,
             "last_decisions": list(self.decisions),
+            "health": self.health.snapshot(),
         }
 
     def publish(self) -> None:
@@ -635,6 +650,7 @@ class Service:
             tuple(sorted(self.counts.items())),
             len(self.decisions),
             self.supervisor.pid,
+            tuple(sorted(self.health.snapshot().items())),
         )
         if key != self._last_status_key or now - self._last_status_write >= STATUS_EVERY_S:
             self._last_status_key, self._last_status_write = key, now

@@ -8,6 +8,7 @@ ledger and the adapter store directly.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,27 @@ from daemon.config import TrainerConfig
 from trainer_core.fsio import atomic_write_json
 
 STALE_AFTER_S = 30.0  # a running daemon rewrites the file at least every second
+# ``status --json`` has this one schema whether or not the daemon runs (README "status --json").
+SCHEMA = "continuon-trainer.status/1"
+# Top-level keys of ``status --json``; a key the source did not know is null.
+SCHEMA_KEYS = (
+    "pid",
+    "updated_at",
+    "phase",
+    "reason",
+    "status_line",
+    "gate",
+    "ledger",
+    "episodes",
+    "job",
+    "current_release",
+    "blocked",
+    "last_decisions",
+    "ledger_error",
+    "store_error",
+)
+# The one vocabulary for episode states, in this order everywhere (status, once, journal).
+EPISODE_STATES = ("settling", "valid", "trainable", "rejected", "excluded")
 
 
 def write_status(path: Path, snapshot: dict[str, Any]) -> None:
@@ -95,13 +117,38 @@ def offline_snapshot(cfg: TrainerConfig) -> dict[str, Any]:
     return info
 
 
-def _fmt_counts(counts: dict[str, int] | None) -> str:
-    if not counts:
+def episode_states(counts: dict[str, Any] | None) -> dict[str, int] | None:
+    """Ledger counts in the one vocabulary: ``settling`` (still being written), ``valid`` (passed
+    validation), ``trainable`` (valid, in the train split, usable by the features), ``held_out``
+    (valid, in the eval split), ``rejected``, ``excluded`` (kept out of training by the health
+    window), ``new`` (trainable and not trained on yet)."""
+    if not isinstance(counts, dict):
+        return None
+
+    def n(key: str) -> int:
+        value = counts.get(key, 0)
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    return {
+        "settling": n("settling"),
+        "valid": n("valid"),
+        "trainable": max(0, n("train") - n("train_excluded") - n("unusable")),
+        "held_out": n("eval"),
+        "rejected": n("rejected"),
+        "excluded": n("excluded"),
+        "new": n("new"),
+    }
+
+
+def format_episodes(counts: dict[str, Any] | None) -> str:
+    """One line of episode counts in the shared vocabulary (status, once, journal)."""
+    states = episode_states(counts)
+    if states is None:
         return "no ledger yet"
     return (
-        f"{counts.get('valid', 0)} valid ({counts.get('train', 0)} train / "
-        f"{counts.get('eval', 0)} eval), {counts.get('rejected', 0)} rejected, "
-        f"{counts.get('new', 0)} new"
+        f"{states['valid']} valid ({states['trainable']} trainable / {states['held_out']} "
+        f"held out), {states['settling']} settling, {states['rejected']} rejected, "
+        f"{states['excluded']} excluded, {states['new']} new"
     )
 
 
@@ -139,7 +186,7 @@ def render(snapshot: dict[str, Any], running: bool) -> str:
         reasons = "; ".join(_strings(gate.get("reasons"))) or "-"
         lines.append(f"  gate       {state}: {reasons}")
     ledger = snapshot.get("ledger")
-    lines.append(f"  episodes   {_fmt_counts(ledger if isinstance(ledger, dict) else None)}")
+    lines.append(f"  episodes   {format_episodes(ledger if isinstance(ledger, dict) else None)}")
     job = snapshot.get("job")
     if isinstance(job, dict):
         lines.append(
@@ -149,6 +196,9 @@ def render(snapshot: dict[str, Any], running: bool) -> str:
             f"{_num(job.get('budget_s'), '.0f')} s budget"
         )
     lines.append(f"  release    {snapshot.get('current_release') or 'none (base policy only)'}")
+    health = snapshot.get("health")
+    if isinstance(health, dict) and health.get("state"):
+        lines.append(f"  health     {health['state']}: {health.get('reason')}")
     for key in ("ledger_error", "store_error"):
         if snapshot.get(key):
             lines.append(f"  error      {snapshot[key]}")
@@ -165,20 +215,44 @@ def render(snapshot: dict[str, Any], running: bool) -> str:
     return "\n".join(lines)
 
 
+def has_state(cfg: TrainerConfig) -> bool:
+    """Whether a daemon ever ran at this root: its status file or its ledger exists."""
+    return cfg.status_path.exists() or cfg.ledger_path.exists()
+
+
+def schema_snapshot(
+    snapshot: dict[str, Any], running: bool, cfg: TrainerConfig, found: bool = True
+) -> dict[str, Any]:
+    """``snapshot`` in the one documented shape: every :data:`SCHEMA_KEYS` key present."""
+    out: dict[str, Any] = {"schema": SCHEMA, "running": running, "state_found": found}
+    out["root"] = str(cfg.root)
+    for key in SCHEMA_KEYS:
+        out[key] = snapshot.get(key)
+    out["episodes"] = episode_states(out["ledger"])
+    out["last_decisions"] = out["last_decisions"] or []
+    return out
+
+
 def status_command(args: Any, cfg: TrainerConfig) -> int:
-    """``continuon-trainer status [--json]``: works whether or not the daemon runs."""
+    """``continuon-trainer status [--json]``: works whether or not the daemon runs. Exit 1 when
+    there is neither a daemon nor any state at the root (wrong root or config, or never run)."""
     snapshot = read_status(cfg.status_path)
     running = daemon_running(snapshot, time.time())
+    found = running or has_state(cfg)
     if not running:
         last = snapshot or {}
-        snapshot = {
-            "pid": None,
-            "last_decisions": last.get("last_decisions", []),
-            **offline_snapshot(cfg),
-        }
-    snapshot["running"] = running
+        snapshot = {"last_decisions": last.get("last_decisions", []), **offline_snapshot(cfg)}
+    snapshot = schema_snapshot(snapshot, running, cfg, found)
     if args.json:
         print(json.dumps(snapshot, indent=2, default=str))
-    else:
+    elif found:
         print(render(snapshot, running))
+    if not found:
+        print(
+            f"continuon-trainer: no daemon and no state at {cfg.root} (no {cfg.status_path.name} "
+            f"or {cfg.ledger_path.name} in {cfg.state_dir}): wrong --root/--config, or the "
+            "service never ran here",
+            file=sys.stderr if args.json else sys.stdout,
+        )
+        return 1
     return 0

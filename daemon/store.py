@@ -63,6 +63,7 @@ MANIFEST_MAX_BYTES = 1 << 20
 REQUIRED_FIELDS: dict[str, type] = {"model_name": str, "runtime": dict, "paths": dict}
 RELEASE_ID = re.compile(r"^r(\d+)-[0-9A-Za-z-]+$")
 LOCK_FILE = ".lock"
+MARKS_FILE = "marks.json"  # {"bad": {id: {"reason", "at"}}, "forced": [id, ...]}
 
 
 class StoreError(RuntimeError):
@@ -86,6 +87,7 @@ class Release:
     card: dict[str, Any] = field(default_factory=dict)
     is_current: bool = False
     is_previous: bool = False
+    bad: str | None = None  # why it was marked bad (never made current again automatically)
 
     @property
     def adapter_path(self) -> Path:
@@ -206,6 +208,9 @@ class AdapterStore:
             elif self._link_target() != rid:
                 self._point_current(rid)
                 actions.append(f"pointed current at {rid} (the manifest's release)")
+        if self._current_marked_bad(rid) and self.rollback_target(rid) is not None:
+            back = self.rollback(mark_bad=self.marks()["bad"][rid]["reason"])
+            actions.append(f"finished the interrupted rollback from {rid} (bad) to {back.id}")
         return actions
 
     def _leftovers(self) -> list[Path]:
@@ -223,7 +228,16 @@ class AdapterStore:
     def _needs_recovery(self) -> bool:
         """Whether :meth:`recover` has anything to change (leftovers, or a stray ``current``)."""
         rid = _current_id(self.read_manifest())
-        return bool(self._leftovers()) or (rid is not None and self._link_target() != rid)
+        return (
+            bool(self._leftovers())
+            or (rid is not None and self._link_target() != rid)
+            or self._current_marked_bad(rid)
+        )
+
+    def _current_marked_bad(self, rid: str | None) -> bool:
+        """A rollback that marked ``rid`` bad and was interrupted before the manifest moved."""
+        marks = self.marks()
+        return rid is not None and rid in marks["bad"] and rid not in marks["forced"]
 
     def adopt_legacy(self) -> Release | None:
         """Turn an old real ``adapters/current/`` directory into a release, so rollback to it works.
@@ -268,8 +282,18 @@ class AdapterStore:
             )
             return self._make_current(release, manifest, generation)
 
-    def rollback(self, to: str | None = None) -> Release:
-        """Make release ``to`` (default: the manifest's ``previous``) current again."""
+    def rollback(
+        self, to: str | None = None, *, force: bool = False, mark_bad: str | None = None
+    ) -> Release:
+        """Make an earlier release current again.
+
+        Without ``to``: the newest release older (by generation) than the current one that is
+        not marked bad, so repeated rollbacks walk down the history and never return to the one
+        just left. ``to`` names the release; a release marked bad is refused unless ``force``
+        (then the operator's choice is recorded as forced). ``mark_bad`` (a reason) marks the
+        release being left bad first, durably, so a crash mid-way is finished by
+        :meth:`recover` rather than undone.
+        """
         if _current_id(self.read_manifest()) is None and not self._has_legacy_dir():
             # Refused before taking the lock: a refused rollback creates nothing.
             raise StoreError(f"{self.manifest_path}: names no release; nothing to roll back")
@@ -279,35 +303,112 @@ class AdapterStore:
             current = _current_id(manifest)
             if manifest is None or current is None:
                 raise StoreError(f"{self.manifest_path}: names no release; nothing to roll back")
-            target = to if to is not None else manifest.get("previous")
-            if target is None:
-                raise StoreError(f"release {current} has no previous release to roll back to")
+            target = to if to is not None else self._walk_target(current)
             if not (RELEASE_ID.match(target) and (self.releases_dir / target).is_dir()):
                 known = ", ".join(r.id for r in self.releases()) or "none"
                 raise StoreError(f"no release {target!r} (releases: {known})")
+            marks = self.marks()
+            if target in marks["bad"] and not force:
+                raise StoreError(
+                    f"release {target} is marked bad ({marks['bad'][target]['reason']}); "
+                    "use --force to make it current anyway"
+                )
             release = self._release(target, manifest)
             self.verify(release)
+            if mark_bad is not None and target != current:
+                self._write_marks(_marked(marks, current, mark_bad))
+            if force and target in marks["bad"]:
+                forced = self.marks()
+                forced["forced"] = sorted({*forced["forced"], target})
+                self._write_marks(forced)
             if target == current:
                 if self._link_target() != current:
                     self._point_current(current)
                 return release
             return self._make_current(release, manifest, self._next_generation(manifest))
 
+    def _walk_target(self, current: str) -> str:
+        """The newest release older than ``current`` not marked bad; StoreError if none."""
+        target = self.rollback_target(current)
+        if target is None:
+            raise StoreError(
+                f"release {current} has no earlier release that is not marked bad to roll back to"
+            )
+        return target
+
+    def rollback_target(self, current: str | None = None) -> str | None:
+        """Where a plain rollback from ``current`` (default: the manifest's) would go."""
+        current = current or _current_id(self.read_manifest())
+        gen = _generation_of(current)
+        if gen is None:
+            return None
+        bad = self.marks()["bad"]
+        older = [
+            r for r in self.releases() if r.generation < gen and r.id not in bad and r.id != current
+        ]
+        return older[-1].id if older else None
+
+    def marks(self) -> dict[str, Any]:
+        """The durable marks: ``bad`` (id -> {reason, at}) and ``forced`` (ids an operator made
+        current despite the mark). An unreadable file is a StoreError, never "nothing is bad"."""
+        path = self.dir / MARKS_FILE
+        try:
+            obj = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {"bad": {}, "forced": []}
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{path}: unreadable release marks: {exc}") from exc
+        if not (isinstance(obj, dict) and isinstance(obj.get("bad", {}), dict)):
+            raise StoreError(f"{path}: release marks must be an object with a 'bad' object")
+        return {"bad": dict(obj.get("bad", {})), "forced": list(obj.get("forced", []))}
+
+    def mark_bad(self, rid: str, reason: str) -> None:
+        """Mark release ``rid`` bad (durable, atomic). Marking the current release bad rolls
+        back from it at once, so the manifest never names a bad release unless forced."""
+        if not (RELEASE_ID.match(rid) and (self.releases_dir / rid).is_dir()):
+            raise StoreError(f"no release {rid!r}")
+        if rid == _current_id(self.read_manifest()):
+            self.rollback(mark_bad=reason)
+            return
+        with self._locked():
+            self._write_marks(_marked(self.marks(), rid, reason))
+
+    def clear_bad(self, rid: str) -> None:
+        """Remove the bad mark of ``rid`` (an operator's decision)."""
+        with self._locked():
+            marks = self.marks()
+            marks["bad"].pop(rid, None)
+            marks["forced"] = [f for f in marks["forced"] if f != rid]
+            self._write_marks(marks)
+
+    def _write_marks(self, marks: dict[str, Any]) -> None:
+        atomic_write_json(self.dir / MARKS_FILE, marks)
+
     def prune(self, keep: int) -> list[str]:
-        """Remove all but the newest ``keep`` releases; never the current or previous one."""
+        """Remove all but the newest ``keep`` releases; never the current one, the one a
+        rollback would go to, the previous one unless it is marked bad, nor an adopted legacy
+        adapter."""
         if keep < 0:
             raise ValueError(f"keep must be >= 0 (got {keep})")
         removed: list[str] = []
         with self._locked():
             manifest = self.read_manifest()
+            bad = self.marks()["bad"]
+            previous = (manifest or {}).get("previous")
+            # current, and what the next rollback would go to (the chain walking needs); the
+            # manifest's previous only when it is not marked bad
             protected = {
                 _current_id(manifest),
-                (manifest or {}).get("previous"),
+                None if previous in bad else previous,
                 self._link_target(),
+                self.rollback_target(),
             }
             intact, damaged = self.inventory()
             newest_first = list(reversed(intact))
-            doomed_ids = [r.id for r in newest_first[keep:] if r.id not in protected]
+            # the adopted legacy adapter (the install's original) is the last resort: kept
+            doomed_ids = [
+                r.id for r in newest_first[keep:] if r.id not in protected and not r.legacy
+            ]
             # A damaged directory older than the current release is a crash's or a person's
             # leftover; a newer one may be someone's work in progress: left alone.
             current_gen = _generation_of(_current_id(manifest))
@@ -387,6 +488,7 @@ class AdapterStore:
                 card=card if isinstance(card, dict) else {},
                 is_current=rid == _current_id(manifest),
                 is_previous=manifest is not None and rid == manifest.get("previous"),
+                bad=(self.marks()["bad"].get(rid) or {}).get("reason"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise StoreError(f"release {rid}: {meta_path} lacks or mangles {exc}") from exc
@@ -614,12 +716,13 @@ def sniff_format(path: Path) -> str:
         raise StoreError(f"{path}: cannot read adapter: {exc.strerror or exc}") from exc
     if head.startswith(b"PK\x03\x04"):
         return "torch-zip"
-    if head[:1] == b"\x80":
-        return "pickle"
+    # Before the pickle test: a safetensors header of 0x?80 bytes starts with 0x80 too.
     if len(head) >= 9 and head[8:9] == b"{":
         size = int.from_bytes(head[:8], "little")
         if 0 < size <= path.stat().st_size - 8:
             return "safetensors"
+    if head[:1] == b"\x80":
+        return "pickle"
     if head.lstrip()[:1] in (b"{", b"["):
         try:
             json.loads(path.read_text(encoding="utf-8"))
@@ -678,6 +781,15 @@ def _legacy_adapter(legacy_dir: Path, manifest: dict[str, Any] | None) -> Path:
     )
 
 
+def _marked(marks: dict[str, Any], rid: str, reason: str) -> dict[str, Any]:
+    """``marks`` with ``rid`` marked bad for ``reason`` (and no longer forced)."""
+    at = datetime.now(UTC).isoformat(timespec="seconds")
+    return {
+        "bad": {**marks["bad"], rid: {"reason": reason, "at": at}},
+        "forced": [f for f in marks["forced"] if f != rid],
+    }
+
+
 def _generation_of(release_id: str | None) -> int | None:
     """The ``N`` of a release id ``r<N>-...``, or None."""
     match = RELEASE_ID.match(release_id or "")
@@ -731,7 +843,10 @@ def _store(config: TrainerConfig) -> AdapterStore:
 
 
 def releases_command(args: argparse.Namespace, config: TrainerConfig) -> int:
-    """``continuon-trainer releases``: one line per release, the current one marked."""
+    """``continuon-trainer releases``: one line per release, the current one marked, with its
+    health window state (on probation / confirmed / rolled back, and why) and bad mark."""
+    from daemon.health import read_health_record  # health imports this module
+
     try:
         rows, damaged = _store(config).inventory()
     except (OSError, StoreError) as exc:
@@ -742,31 +857,56 @@ def releases_command(args: argparse.Namespace, config: TrainerConfig) -> int:
     if not rows:
         print(f"no releases under {config.adapters_dir}")
         return 0
-    print(f"  {'release':<32} {'created':<25} {'cand. error':>11} {'block rate':>10}  note")
+    print(
+        f"  {'release':<32} {'created':<25} {'cand. error':>11} {'block rate':>10} "
+        f"{'eval set':>11}  note"
+    )
+    eval_sets = set()
     for r in rows:
-        cand = (r.metrics or {}).get("candidate") or {}
+        m = r.metrics or {}
+        eval_set = f"{_fmt(m.get('eval_episodes'), 'd')} ep/{_fmt(m.get('eval_steps'), 'd')}"
+        if r.metrics:
+            eval_sets.add(eval_set)
+        cand = m.get("candidate") or {}
         err, block = cand.get("mse"), cand.get("block_rate")
+        health = read_health_record(config, r.id) or {}
         flags = (
             ("current", r.is_current),
             ("previous", r.is_previous),
             (f"legacy {r.format}", r.legacy),
+            (f"{health.get('state')}: {health.get('reason')}", bool(health.get("state"))),
+            (f"BAD: {r.bad}", r.bad is not None),
         )
         note = ", ".join(name for name, on in flags if on)
         print(
             f"{'*' if r.is_current else ' '} {r.id:<32} {r.created:<25} "
-            f"{_fmt(err, '.4g'):>11} {_fmt(block, '.2%'):>10}  {note}"
+            f"{_fmt(err, '.4g'):>11} {_fmt(block, '.2%'):>10} {eval_set:>11}  {note}"
+        )
+    if len(eval_sets) > 1:
+        # Each error was measured on its own job's held-out set: the column does not compare.
+        print(
+            "note: these errors come from different held-out sets and do not compare; "
+            "`continuon-trainer report --out DIR` re-scores every release on one set"
         )
     return 0
 
 
 def rollback_command(args: argparse.Namespace, config: TrainerConfig) -> int:
-    """``continuon-trainer rollback [--to ID]``: back to the previous (or the named) release."""
+    """``continuon-trainer rollback [--to ID] [--force] [--reason TEXT]``: back to the newest
+    earlier release not marked bad (or the named one); the release left is marked bad."""
     store = _store(config)
+    target = getattr(args, "release", None)
+    force = bool(getattr(args, "force", False))
+    reason = getattr(args, "reason", None) or "rolled back by the operator"
     try:
         for action in store.recover():
             print(f"recovered: {action}")
         before = store.current()
-        release = store.rollback(getattr(args, "release", None))
+        bad = store.marks()["bad"]
+        if target in bad:
+            print(f"warning: {target} is marked bad: {bad[target]['reason']}", file=sys.stderr)
+        older = before is not None and (_generation_of(target) or 0) < before.generation
+        release = store.rollback(target, force=force, mark_bad=reason if older else None)
     except (OSError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -37,7 +37,7 @@ def trigger(
 ) -> Trigger:
     """Decide whether enough new data and enough time since the last job warrant a job."""
     if total_valid < cfg.min_total_episodes:
-        return Trigger(False, f"{total_valid} valid episodes (need {cfg.min_total_episodes})")
+        return Trigger(False, f"{total_valid} trainable episodes (need {cfg.min_total_episodes})")
     if new_valid < cfg.min_new_episodes:
         return Trigger(False, f"{new_valid} new episodes (need {cfg.min_new_episodes})")
     if history.failures_in_a_row and history.last_failure is not None:

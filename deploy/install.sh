@@ -3,6 +3,7 @@
 #
 #   sudo deploy/install.sh                         # venv with the pinned CPU torch
 #   sudo deploy/install.sh --system-torch          # Jetson: keep NVIDIA's own torch
+#   sudo deploy/install.sh --wheelhouse DIR        # offline: DIR from deploy/wheelhouse.sh
 #   deploy/install.sh --dry-run                    # print every command, change nothing
 #
 # Safe to run again (upgrade): the venv is reused, the package reinstalled from this checkout,
@@ -16,17 +17,20 @@ CONFIG_NAME=pi5-donkey
 PYTHON=python3
 SYSTEM_TORCH=0
 DRY_RUN=0
+WHEELHOUSE=""
 
 ETC_CONFIG=/etc/continuon/trainer.yaml
 ROBOT_ROOT=/opt/continuonos/brain
 UNIT_DEST=/etc/systemd/system/continuon-trainer.service
 SYSUSERS_DEST=/etc/sysusers.d/continuon-trainer.conf
 TMPFILES_DEST=/etc/tmpfiles.d/continuon-trainer.conf
+BIN_LINK=/usr/local/bin/continuon-trainer # the CLI on PATH (it finds $ETC_CONFIG by itself)
 UNIT_PREFIX=/opt/continuon-trainer # the prefix written in deploy/systemd/continuon-trainer.service
 
 usage() {
   cat <<EOF
-usage: $0 [--prefix DIR] [--config NAME] [--python PATH] [--system-torch] [--dry-run]
+usage: $0 [--prefix DIR] [--config NAME] [--python PATH] [--system-torch] [--wheelhouse DIR]
+          [--dry-run]
 
   --prefix DIR     install root, the venv goes in DIR/venv (default: $PREFIX)
   --config NAME    configs/NAME.yaml becomes $ETC_CONFIG if that file is absent
@@ -34,9 +38,9 @@ usage: $0 [--prefix DIR] [--config NAME] [--python PATH] [--system-torch] [--dry
   --python PATH    interpreter for the venv, Python >= 3.11 (default: $PYTHON)
   --system-torch   venv with --system-site-packages; the torch already installed for --python
                    (NVIDIA's build on a Jetson) is pinned and never replaced
+  --wheelhouse DIR install offline from DIR (made by deploy/wheelhouse.sh): its SHA256SUMS
+                   are checked first, then pip runs with --no-index
   --dry-run        print every command instead of running it (no root needed)
-
-pip's own settings pass through, e.g. an offline robot: PIP_NO_INDEX=1 PIP_FIND_LINKS=/path/wheels
 EOF
 }
 
@@ -51,6 +55,7 @@ while (($#)); do
     --config) CONFIG_NAME="${2:?--config needs a name}"; shift 2 ;;
     --python) PYTHON="${2:?--python needs a path}"; shift 2 ;;
     --system-torch) SYSTEM_TORCH=1; shift ;;
+    --wheelhouse) WHEELHOUSE="${2:?--wheelhouse needs a directory}"; shift 2 ;;
     --dry-run) DRY_RUN=1; shift ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
@@ -108,6 +113,60 @@ command -v "$PYTHON" >/dev/null || die "interpreter not found: $PYTHON (use --py
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
   die "$PYTHON is older than Python 3.11, which continuon-trainer requires (use --python PATH)"
 
+# --wheelhouse: every wheel listed in SHA256SUMS, present and intact, and nothing unlisted,
+# before pip sees the folder. Sets PIP_SOURCE (pip's options) and TARGET (what to install).
+check_wheelhouse() {
+  local dir="$1" sums="$1/SHA256SUMS" sum name actual found=0
+  [[ -d "$dir" ]] || die "--wheelhouse: no such directory: $dir"
+  [[ -f "$sums" ]] || die "--wheelhouse: $sums is missing (build the folder with deploy/wheelhouse.sh)"
+  while read -r sum name; do
+    [[ -n "$sum" ]] || continue
+    name="${name#\*}"
+    [[ "$name" != */* ]] || die "--wheelhouse: SHA256SUMS names a path, not a file: $name"
+    [[ -f "$dir/$name" ]] || die "--wheelhouse: $name is listed in SHA256SUMS but missing from $dir (copy the whole folder again)"
+    actual="$(sha256sum -- "$dir/$name" | cut -d' ' -f1)"
+    [[ "$actual" == "$sum" ]] || die "--wheelhouse: checksum mismatch for $name (damaged or changed copy; copy the folder again)"
+  done <"$sums"
+  for name in "$dir"/*.whl; do
+    [[ -e "$name" ]] || continue
+    awk -v n="${name##*/}" '{ sub(/^\*/, "", $2) } $2 == n { f = 1 } END { exit !f }' "$sums" ||
+      die "--wheelhouse: ${name##*/} is not listed in SHA256SUMS (refusing unverified wheels)"
+    if [[ "${name##*/}" == continuon_trainer-* ]]; then
+      found=$((found + 1))
+      TARGET="$name"
+    fi
+  done
+  ((found == 1)) || die "--wheelhouse: $dir must hold exactly one continuon_trainer wheel (found $found)"
+  # Only what SHA256SUMS covers: no index, and no find-links or index from a pip config.
+  PIP_ENV=(env -u PIP_FIND_LINKS -u PIP_INDEX_URL -u PIP_EXTRA_INDEX_URL -u PIP_CONSTRAINT
+    PIP_CONFIG_FILE=/dev/null)
+  PIP_SOURCE=(--no-index --find-links "$dir")
+}
+PIP_ENV=()
+PIP_SOURCE=()
+TARGET="$SRC"
+if [[ -n "$WHEELHOUSE" ]]; then
+  WHEELHOUSE="$(cd "$WHEELHOUSE" 2>/dev/null && pwd)" || die "--wheelhouse: no such directory"
+  check_wheelhouse "$WHEELHOUSE"
+fi
+
+# pip_install ARGS...: pip install from the index, or offline from the wheelhouse; a package the
+# wheelhouse lacks is named (pip's own message is long).
+pip_install() {
+  if ((DRY_RUN)) || [[ -z "$WHEELHOUSE" ]]; then
+    run "${PIP_ENV[@]}" "$VENV/bin/python" -m pip install "${PIP_SOURCE[@]}" "$@"
+    return
+  fi
+  local out missing
+  out="$("${PIP_ENV[@]}" "$VENV/bin/python" -m pip install "${PIP_SOURCE[@]}" "$@" 2>&1)" && return
+  printf '%s\n' "$out" | tail -20 >&2
+  # pip names the package either directly or, under our constraints, as a conflict.
+  missing="$(printf '%s\n' "$out" | sed -n -e 's/.*No matching distribution found for \([^ ]*\).*/\1/p' \
+    -e 's/.* depends on \([A-Za-z0-9_.-]*\).*/\1/p' | head -1)"
+  [[ -z "$missing" ]] || die "the wheelhouse $WHEELHOUSE has no wheel for $missing on this machine ($("$VENV/bin/python" -c 'import platform,sys; print(f"Python {sys.version_info[0]}.{sys.version_info[1]}, {platform.machine()}")')); rebuild it with deploy/wheelhouse.sh for this platform"
+  die "pip install from the wheelhouse $WHEELHOUSE failed (output above)"
+}
+
 run install -d -m 0755 "$PREFIX"
 
 if ((SYSTEM_TORCH)); then
@@ -126,18 +185,20 @@ if ((SYSTEM_TORCH)); then
       die "$VENV does not see $PYTHON's torch $TORCH_VERSION (is --python itself a venv?)"
   fi
   run_to "$PIN_FILE" echo "torch==$TORCH_VERSION"
-  run "$VENV/bin/python" -m pip install -c "$PIN_FILE" "$SRC"
+  pip_install -c "$PIN_FILE" "$TARGET"
   if ((!DRY_RUN)); then
     AFTER="$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("torch"))')"
     [[ "$AFTER" == "$TORCH_VERSION" ]] ||
       die "torch changed from $TORCH_VERSION to $AFTER inside the venv; remove $VENV and retry"
   fi
 else
-  run "$PYTHON" -m venv "$VENV"
-  run "$VENV/bin/python" -m pip install -c "$SRC/constraints.txt" "$SRC"
+  # An existing venv is reused as it is (upgrade); a new one gets pip from ensurepip.
+  [[ -x "$VENV/bin/python" ]] || run "$PYTHON" -m venv "$VENV"
+  pip_install -c "$SRC/constraints.txt" "$TARGET"
 fi
 
 run install -m 0644 "$SRC/README.md" "$PREFIX/README.md"
+run ln -sfn "$VENV/bin/continuon-trainer" "$BIN_LINK"
 
 # The user and group first: tmpfiles and the config copy chown to them.
 run install -D -m 0644 "$SRC/deploy/systemd/continuon-trainer.sysusers" "$SYSUSERS_DEST"
@@ -177,7 +238,12 @@ continuon-trainer is installed in $PREFIX (not started). Next:
   sudo chmod g+s $ROBOT_ROOT/model
 
   sudoedit $ETC_CONFIG
+
+  # a base policy, once: nothing trains without one (the journal says so if it is missing)
+  sudo -u continuon-trainer continuon-trainer base init          # fresh weights, or:
+  sudo -u continuon-trainer continuon-trainer base pretrain --episodes $ROBOT_ROOT/rlds/episodes
+
   sudo systemctl enable --now continuon-trainer
   journalctl -u continuon-trainer -f
-  sudo -u continuon-trainer $VENV/bin/continuon-trainer status --config $ETC_CONFIG --root $ROBOT_ROOT
+  sudo -u continuon-trainer continuon-trainer status   # reads $ETC_CONFIG by itself
 EOF

@@ -54,6 +54,10 @@ fi
 run rm -f /etc/systemd/system/continuon-trainer.service
 run rm -rf /etc/systemd/system/continuon-trainer.service.d
 run rm -f /etc/sysusers.d/continuon-trainer.conf /etc/tmpfiles.d/continuon-trainer.conf
+# The PATH link install.sh made, only when it is ours (points into this prefix).
+if ((DRY_RUN)) || [[ "$(readlink /usr/local/bin/continuon-trainer)" == "$PREFIX/venv/"* ]]; then
+  run rm -f /usr/local/bin/continuon-trainer
+fi
 run rm -rf "$PREFIX"
 if ((PURGE)); then
   run rm -f /etc/continuon/trainer.yaml

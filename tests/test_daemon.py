@@ -58,8 +58,10 @@ def torch_mapped(pid: int) -> bool:
 
 def test_daemon_modules_import_without_torch():
     code = (
-        "import sys, daemon.cli, daemon.service, daemon.status, daemon.demo, gating, safety.rule;"
-        "bad = [m for m in ('torch', 'peft', 'transformers') if m in sys.modules];"
+        "import sys, daemon.cli, daemon.service, daemon.status, daemon.demo, gating, safety.rule,"
+        " daemon.metrics, daemon.journal, daemon.logs;"
+        "bad = [m for m in ('torch', 'peft', 'transformers', 'matplotlib', 'prometheus_client')"
+        " if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
@@ -238,7 +240,8 @@ def test_status_with_and_without_daemon(tmp_path, base_checkpoint):
         cwd=REPO,
         timeout=30,
     )
-    assert down.returncode == 0 and "not running" in down.stdout
+    # Never ran here: no daemon and no state is an explicit, non-zero answer.
+    assert down.returncode == 1 and "no daemon and no state at" in down.stdout
     proc = start_daemon(root, config)
     try:
         wait_until(lambda: status(root).get("gate"), 30, "status", root / "daemon.log")
@@ -250,6 +253,7 @@ def test_status_with_and_without_daemon(tmp_path, base_checkpoint):
             timeout=30,
         )
         snap = json.loads(up.stdout)
+        assert snap["schema"] == "continuon-trainer.status/1"
         assert snap["running"] is True and snap["gate"]["open"] is False
         assert any("manual_control" in r for r in snap["gate"]["reasons"])
     finally:
@@ -261,7 +265,16 @@ def test_status_with_and_without_daemon(tmp_path, base_checkpoint):
         cwd=REPO,
         timeout=30,
     )
-    assert "not running" in after.stdout
+    assert after.returncode == 0 and "not running" in after.stdout
+    down_json = subprocess.run(
+        [*CLI, "--root", str(root), "--config", str(config), "status", "--json"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=30,
+    )
+    # One schema whether or not the daemon runs: the same keys.
+    assert sorted(json.loads(down_json.stdout)) == sorted(snap)
 
 
 def test_sighup_keeps_old_config_when_new_is_bad(tmp_path, base_checkpoint):

@@ -257,6 +257,7 @@ def test_install_dry_run_lists_every_step_in_order(tmp_path: Path) -> None:
         "install -d -m 0755 /opt/continuon-trainer",
         f"{sys.executable} -m venv {venv}",
         f"{venv}/bin/python -m pip install -c {REPO}/constraints.txt {REPO}",
+        f"ln -sfn {venv}/bin/continuon-trainer /usr/local/bin/continuon-trainer",
         "install -D -m 0644 ",
         "systemd-sysusers /etc/sysusers.d/continuon-trainer.conf",
         "install -D -m 0644 ",
@@ -272,6 +273,8 @@ def test_install_dry_run_lists_every_step_in_order(tmp_path: Path) -> None:
     assert not [c for c in cmds if c.startswith("systemctl") and "daemon-reload" not in c]
     assert "systemctl enable --now continuon-trainer" in res.stdout
     assert "journalctl -u continuon-trainer -f" in res.stdout
+    assert "continuon-trainer base init" in res.stdout  # nothing trains without a base
+    assert "continuon-trainer base pretrain --episodes" in res.stdout
 
 
 def test_install_dry_run_changes_nothing_and_follows_the_prefix(tmp_path: Path) -> None:
@@ -349,6 +352,7 @@ def test_uninstall_dry_run_keeps_config_and_state_unless_purged() -> None:
     assert plain.returncode == purge.returncode == 0
     assert "systemctl disable --now continuon-trainer.service" in commands(plain.stdout)
     assert "rm -rf /opt/continuon-trainer" in commands(plain.stdout)
+    assert "rm -f /usr/local/bin/continuon-trainer" in commands(plain.stdout)
     assert "/var/lib/continuon-trainer" not in plain.stdout
     assert "rm -rf /var/lib/continuon-trainer" in commands(purge.stdout)
     for out in (plain.stdout, purge.stdout):

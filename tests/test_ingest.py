@@ -328,10 +328,14 @@ def test_validate_cli_exit_codes_and_lines(samples: Path, tmp_path: Path) -> Non
     )
     assert ok.returncode == 0, ok.stdout + ok.stderr
     lines = ok.stdout.splitlines()
-    assert f"OK {samples / 'episodes' / 'pi5_follow_synthetic.json'} (5 steps, layout B)" in lines
-    assert f"OK {samples / 'episodes' / 'stack_boxes_vr'} (1 steps, layout C)" in lines
+    b_file = samples / "episodes" / "pi5_follow_synthetic.json"
+    assert f"OK {b_file} (5 steps, layout B (one JSON file))" in lines
+    assert (
+        f"OK {samples / 'episodes' / 'stack_boxes_vr'} (1 step, layout C (task-library JSON))"
+        in lines
+    )
     raw = samples / "tfrecord_raw" / "sample_pi5_mock.tfrecord"
-    assert lines[-1] == f"OK {raw} (2 steps, layout D)"
+    assert lines[-1] == f"OK {raw} (2 steps, layout D (TFRecord))"
     assert len(lines) == 6
     bad = _run(str(samples / "tfrecord"), cwd=tmp_path)
     assert bad.returncode == 1
@@ -429,3 +433,18 @@ def test_out_of_bounds_episodes_are_rejected_by_the_scan_and_validate(tmp_path: 
     with Ledger.open(tmp_path / "state2" / "ledger.sqlite3") as led:
         scan(folder, led, LIMITS, 0.25, now=LATER, accept=bounds_check(clip))
         assert {e.status for e in led.known().values()} == {"valid"}
+
+
+def test_a_copied_episodes_folder_is_not_a_folder_of_duplicates(tmp_path: Path) -> None:
+    """paths.episodes pointed at a copy while the old folder still exists (issue 15)."""
+    old = _folder(tmp_path)
+    for i in range(3):
+        write_a(old, f"ep{i}", [step(0)])
+    new = tmp_path / "copy"
+    shutil.copytree(old, new)
+    with Ledger.open(tmp_path / "l.sqlite3") as ledger:
+        scan(old, ledger, LIMITS, 0.25, LATER)
+        report = scan(new, ledger, LIMITS, 0.25, LATER + 1)
+        assert report.rejections == [] and report.valid == 3
+        again = scan(new, ledger, LIMITS, 0.25, LATER + 2)  # and it stays so
+        assert again.rejections == [] and ledger.counts()["valid"] == 3

@@ -40,6 +40,8 @@ def test_open_creates_schema_wal_and_version(tmp_path: Path) -> None:
             "train": 0,
             "eval": 0,
             "new": 0,
+            "excluded": 0,
+            "train_excluded": 0,
         }
 
 
@@ -123,7 +125,16 @@ def test_new_valid_count_follows_finished_jobs(tmp_path: Path) -> None:
         assert ledger.releases_for("h0") == ["rel-1"]
         assert ledger.releases_for("h2") == []
         counts = ledger.counts()
-        assert counts == {"valid": 6, "rejected": 1, "gone": 0, "train": 5, "eval": 1, "new": 2}
+        assert counts == {
+            "valid": 6,
+            "rejected": 1,
+            "gone": 0,
+            "train": 5,
+            "eval": 1,
+            "new": 2,
+            "excluded": 0,
+            "train_excluded": 0,
+        }
         jobs = ledger.last_jobs(2)
         assert [j.run_id for j in jobs] == ["run3", "run2"]
         assert (jobs[1].status, jobs[1].decision, jobs[1].release_id, jobs[1].n_episodes) == (

@@ -144,7 +144,9 @@ def test_rollback_restores_previous_in_manifest_and_link(tmp_path: Path, model: 
     m = manifest_of(model)
     assert m["previous"] == b.id and m["generation"] == 3
     assert m["adapter_meta"]["sha256"] == a.sha256
-    assert store.rollback().id == b.id  # rollback undoes the last change
+    with pytest.raises(StoreError, match="no earlier release"):
+        store.rollback()  # walks down history, never back up to the one it left
+    assert store.rollback(b.id).id == b.id
     assert_names(model, b.id)
     assert store.rollback(a.id).id == a.id
     assert_names(model, a.id)
@@ -162,7 +164,7 @@ def test_rollback_needs_something_to_go_back_to(tmp_path: Path, model: Path) -> 
     with pytest.raises(StoreError, match="names no release"):
         store.rollback()
     store.promote(make_candidate(tmp_path, "a"), card())
-    with pytest.raises(StoreError, match="no previous release"):
+    with pytest.raises(StoreError, match="no earlier release"):
         store.rollback()
 
 
@@ -186,7 +188,7 @@ def test_prune_never_removes_current_or_previous(tmp_path: Path, model: Path) ->
     assert sorted(removed) == sorted(ids[1:4])
     assert [r.id for r in store.releases()] == [ids[0], ids[4]]
     assert_names(model, ids[0])
-    assert store.rollback().id == ids[4]
+    assert store.rollback(ids[4]).id == ids[4]
 
     more = [store.promote(make_candidate(tmp_path, n), card()).id for n in "fg"]
     removed = store.prune(1)  # newest (current) kept, previous kept, rest go
@@ -585,8 +587,11 @@ def test_cli_verbs_end_to_end(tmp_path: Path) -> None:
     done = cli("rollback")
     assert done.returncode == 0, done.stderr
     assert_names(model, a.id)
-    done = cli("rollback", "--to", b.id)
-    assert done.returncode == 0, done.stderr
+    done = cli("rollback", "--to", b.id)  # the plain rollback marked b bad: refused
+    assert done.returncode == 1 and "marked bad" in done.stderr, done.stderr
+    assert_names(model, a.id)
+    done = cli("rollback", "--to", b.id, "--force")
+    assert done.returncode == 0 and "warning" in done.stderr, done.stderr
     assert_names(model, b.id)
     listing = cli("releases")
     assert listing.returncode == 0 and f"* {b.id}" in listing.stdout, listing.stderr

@@ -36,7 +36,7 @@ ZYGOTE = r"""
 import json, os, signal, sys, time, traceback
 sys.path.insert(0, sys.argv[1])
 from pathlib import Path
-from daemon.store import AdapterStore
+from daemon.store import AdapterStore, StoreError
 
 def work(model, mode, cands, i):
     store = AdapterStore(model / "adapters", model / "manifest.json")
@@ -48,7 +48,10 @@ def work(model, mode, cands, i):
         if op in (0, 2):
             store.promote(cands[i % len(cands)], {"i": i, "metrics": {"candidate": {"mse": 0.1}}})
         elif op in (1, 3):
-            store.rollback()
+            try:  # "health": an automatic rollback, which marks the release it leaves bad
+                store.rollback(mark_bad="health window" if mode == "health" else None)
+            except StoreError as exc:  # the walk reached the oldest release
+                assert "no earlier release" in str(exc), exc
         else:
             store.prune(2)
         i += 1
@@ -147,7 +150,11 @@ def check_on_disk(model: Path) -> dict[str, Any]:
 def check_after_recover(model: Path, manifest: dict[str, Any]) -> None:
     store = AdapterStore(model / "adapters", model / "manifest.json")
     store.recover()
-    rid = manifest["adapter_meta"]["release_id"]
+    # recover() finishes a marked rollback that was killed before the manifest moved
+    rid = json.loads((model / "manifest.json").read_text())["adapter_meta"]["release_id"]
+    assert rid not in store.marks()["bad"] or store.rollback_target(rid) is None
+    if not store.marks()["bad"]:
+        assert rid == manifest["adapter_meta"]["release_id"]
     assert os.readlink(model / "adapters" / "current") == f"releases/{rid}"
     assert leftovers(model) == []
     current = store.current()
@@ -155,7 +162,9 @@ def check_after_recover(model: Path, manifest: dict[str, Any]) -> None:
     assert store.recover() == []
 
 
-def test_sigkill_during_promote_rollback_prune(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["loop", "health"])
+def test_sigkill_during_promote_rollback_prune(tmp_path: Path, mode: str) -> None:
+    """``health``: SIGKILL at any point of an automatic (bad-marking) rollback."""
     model = tmp_path / "model"
     model.mkdir()
     (model / "manifest.json").write_text(json.dumps(sample_manifest()))
@@ -173,7 +182,7 @@ def test_sigkill_during_promote_rollback_prune(tmp_path: Path) -> None:
     torn = 0  # kills that left a half-done operation for recover() to finish
     try:
         for k in range(KILLS):
-            zygote.run_and_kill(model, "loop", cands, rng.uniform(0.0, window), start=k)
+            zygote.run_and_kill(model, mode, cands, rng.uniform(0.0, window), start=k)
             manifest = check_on_disk(model)
             assert manifest["generation"] >= last_generation
             last_generation = manifest["generation"]

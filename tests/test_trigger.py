@@ -18,7 +18,7 @@ CFG = ServiceConfig(
 
 CASES = [
     # (name, new, total, now, history, ready, reason substring)
-    ("too few in total", 5, 7, 1000, History(), False, "7 valid episodes (need 8)"),
+    ("too few in total", 5, 7, 1000, History(), False, "7 trainable episodes (need 8)"),
     ("too few new", 3, 20, 1000, History(), False, "3 new episodes (need 4)"),
     ("enough", 4, 8, 1000, History(), True, "4 new episodes"),
     ("cooldown", 10, 20, 1050, History(last_job_end=1000), False, "cooldown: 50 s left"),

@@ -26,6 +26,7 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
+from trainer_core.basefile import weights_path
 from trainer_core.config import FeaturesConfig, IngestConfig, JobConfig, PolicyConfig
 from trainer_core.features import Normalizer, read_split
 from trainer_core.fsio import atomic_write_bytes, atomic_write_json, sha256_file
@@ -45,6 +46,7 @@ class BaseCard(BaseModel):
     family: str
     hidden: list[int]
     activation: str
+    arch: dict[str, Any] = {}  # PolicyConfig.arch(): what else shapes this family's weights
     observation_names: list[str]
     action_names: list[str]
     normalizer: dict[str, Any]  # Normalizer.to_json() of the data the base was trained on
@@ -92,6 +94,8 @@ def save_base(
 ) -> BaseCard:
     """Write weights then card, each atomically; the card's sha256 names these exact bytes."""
     base_path = Path(base_path)
+    if base_path.suffix == ".pt":  # never safetensors bytes under a pickle's name
+        base_path = base_path.with_suffix(".safetensors")
     base_path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     data = save_safetensors_bytes(state, metadata={"family": policy.family})
@@ -100,6 +104,7 @@ def save_base(
         family=policy.family,
         hidden=list(policy.hidden),
         activation=policy.activation,
+        arch=policy.arch(),
         observation_names=features.observation_names,
         action_names=features.action_names,
         normalizer=normalizer.to_json(),
@@ -126,6 +131,7 @@ def _check_matches(card: BaseCard, policy: PolicyConfig, features: FeaturesConfi
         "family": policy.family,
         "hidden": list(policy.hidden),
         "activation": policy.activation,
+        "arch": policy.arch(),
         "observation_names": features.observation_names,
         "action_names": features.action_names,
     }
@@ -158,7 +164,9 @@ def _read_weights(base_path: Path) -> dict[str, torch.Tensor]:
 
 def load_base(base_path: Path, policy: PolicyConfig, features: FeaturesConfig) -> LoadedBase:
     """Load and verify a base; raises :class:`BaseError` saying what is wrong."""
-    base_path = Path(base_path)
+    from trainer_core.plugins import extras
+
+    base_path = weights_path(base_path)
     if not base_path.is_file():
         raise BaseError(
             f"base checkpoint {base_path} does not exist "
@@ -176,15 +184,33 @@ def load_base(base_path: Path, policy: PolicyConfig, features: FeaturesConfig) -
         normalizer = Normalizer.from_json(card.normalizer)
     except ValueError as exc:
         raise BaseError(f"base card {card_path(base_path)}: {exc}") from None
-    model = build_policy(len(features.observation_names), len(features.action_names), policy)
+    model = build_fresh(policy, features)
+    tensors = _read_weights(base_path)
+    loader = extras(model).load_base
     try:
-        model.load_state_dict(_read_weights(base_path), strict=True)
-    except RuntimeError as exc:
+        if loader is not None:
+            loader(model, tensors)
+        else:
+            model.load_state_dict(tensors, strict=True)
+    except Exception as exc:  # a plug-in's loader may raise anything: a clear reason, no crash
         raise BaseError(f"base {base_path} weights do not fit the policy: {exc}") from None
     for p in model.parameters():
         p.requires_grad_(False)
     model.eval()
     return LoadedBase(model=model, card=card, normalizer=normalizer, sha256=digest)
+
+
+def build_fresh(policy: PolicyConfig, features: FeaturesConfig) -> nn.Module:
+    """A freshly initialised policy; a family that cannot be built is a :class:`BaseError`."""
+    try:
+        model = build_policy(
+            len(features.observation_names), len(features.action_names), policy, features
+        )
+    except ValueError as exc:
+        raise BaseError(str(exc)) from None
+    if not isinstance(model, nn.Module):
+        raise BaseError(f"policy.family {policy.family!r} built {type(model).__name__}")
+    return model
 
 
 def episode_paths(folder: Path) -> list[Path]:
@@ -215,7 +241,7 @@ def pretrain_base(
     torch.set_num_threads(job.threads)
     torch.manual_seed(seed)
     normalizer = Normalizer.fit(split.arrays, features.observation_names, features.action_names)
-    model = build_policy(len(features.observation_names), len(features.action_names), policy)
+    model = build_fresh(policy, features)
     x = torch.from_numpy(normalizer.norm_obs(split.arrays.obs))
     y = torch.from_numpy(normalizer.norm_act(split.arrays.act))
     cfg = job.model_copy(
@@ -250,6 +276,19 @@ def pretrain_base(
     return save_base(model, out, policy, features, normalizer, "pretrain", training)
 
 
+def _safetensors_name(out: Path) -> Path:
+    """Where a new base goes: a legacy ``.pt`` name gets its weights beside it (and says so)."""
+    out = Path(out)
+    if out.suffix != ".pt":
+        return out
+    beside = out.with_suffix(".safetensors")
+    print(
+        f"note: {out.name} is a legacy torch-pickle name; the base is safetensors, written "
+        f"beside it as {beside} (the trainer reads it from there for base_path {out})"
+    )
+    return beside
+
+
 def refuse_overwrite(out: Path, force: bool) -> bool:
     """True (after saying why on stderr) when ``out`` exists and ``--force`` was not given."""
     if force or not Path(out).exists():
@@ -265,12 +304,16 @@ def refuse_overwrite(out: Path, force: bool) -> bool:
 
 def init_command(args: Any, config: Any) -> int:
     """``continuon-trainer base init``: fresh seeded weights sized from the feature spec."""
-    out = args.out or config.policy.base_path
+    out = _safetensors_name(args.out or config.policy.base_path)
     if refuse_overwrite(out, getattr(args, "force", False)):
         return 1
     torch.manual_seed(args.seed)
     features = config.features
-    model = build_policy(len(features.observation_names), len(features.action_names), config.policy)
+    try:
+        model = build_fresh(config.policy, features)
+    except BaseError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     card = save_base(
         model,
         out,
@@ -286,7 +329,7 @@ def init_command(args: Any, config: Any) -> int:
 
 def pretrain_command(args: Any, config: Any) -> int:
     """``continuon-trainer base pretrain``: train a base on the episodes in a folder."""
-    out = args.out or config.policy.base_path
+    out = _safetensors_name(args.out or config.policy.base_path)
     if refuse_overwrite(out, getattr(args, "force", False)):
         return 1
     try:

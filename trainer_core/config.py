@@ -8,7 +8,7 @@ the configured root before anything uses them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -37,6 +37,23 @@ class FeatureGroup(_Section):
 
     path: str = Field(min_length=1)
     names: list[str] = Field(min_length=1)
+    kind: Literal["numeric", "embedding"] = Field(
+        "numeric",
+        description="embedding: a vector a model wrote into the step (e.g. WaveCore "
+        "encode_for_policy()); token-based families route it separately from numeric groups",
+    )
+    size: int | None = Field(
+        None, gt=0, description="with one name: expand it to name_0 .. name_<size-1>"
+    )
+
+    @model_validator(mode="after")
+    def _expand_names(self) -> FeatureGroup:
+        # A 64-wide embedding should not need 64 names written out.
+        if self.size is not None and len(self.names) == 1 and self.size > 1:
+            self.names = [f"{self.names[0]}_{i}" for i in range(self.size)]
+        if self.size is not None and len(self.names) != self.size:
+            raise ValueError(f"size {self.size} but {len(self.names)} names")
+        return self
 
 
 class FeaturesConfig(_Section):
@@ -89,12 +106,40 @@ class FeaturesConfig(_Section):
         return [n for g in self.action for n in g.names]
 
 
-class PolicyConfig(_Section):
-    """The frozen base policy: a registry family and its sizes, and where its checkpoint lives."""
+BUILTIN_FAMILIES = ("mlp", "transformer", "hf-causal-lm")
+# Names known to be language models: a manifest naming one is served only by a language-model
+# family (hf-causal-lm, or a plug-in), never by a small numeric policy.
+LANGUAGE_MODEL_PREFIXES = ("gemma", "llama", "qwen", "phi", "mistral", "smollm", "gpt")
 
-    family: Literal["mlp"] = "mlp"
+
+class PolicyConfig(_Section):
+    """The frozen base policy: a registry family and its sizes, and where its checkpoint lives.
+
+    ``family`` is a built-in (``mlp``, ``transformer``, ``hf-causal-lm``), a plug-in
+    ``python:package.module:builder``, or the name of an installed entry point in the group
+    ``continuon_trainer.policies`` (trainer_core/plugins.py).
+    """
+
+    family: str = Field("mlp", min_length=1)
     hidden: list[int] = Field(default_factory=lambda: [64, 64])
     activation: Literal["relu", "gelu", "tanh", "silu"] = "gelu"
+    # transformer family (trainer_core/transformer.py)
+    d_model: int = Field(32, gt=0, description="transformer: token width")
+    n_heads: int = Field(2, gt=0, description="transformer: attention heads")
+    n_layers: int = Field(2, gt=0, description="transformer: encoder blocks")
+    ffn: int = Field(64, gt=0, description="transformer: MLP width inside each block")
+    routing: Literal["hybrid", "wave_only", "attention_only"] = Field(
+        "hybrid",
+        description="transformer: which tokens the encoder sees: embedding groups only "
+        "(wave_only), numeric observation groups only (attention_only), or both",
+    )
+    # hf-causal-lm family (trainer_core/hf_lm.py)
+    model_dir: Path | None = Field(
+        None, description="hf-causal-lm: a local directory with config.json and weights"
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="free-form settings a plug-in builder reads"
+    )
     base_path: Path = Path("model/base/policy.safetensors")
     model_name: str = Field(
         "continuon-mlp-policy",
@@ -109,6 +154,30 @@ class PolicyConfig(_Section):
         if not v or any(h <= 0 for h in v):
             raise ValueError(f"must be a non-empty list of sizes > 0 (got {v})")
         return v
+
+    @field_validator("family")
+    @classmethod
+    def _family_form(cls, v: str) -> str:
+        if v.startswith("python:"):
+            module, _, attr = v.removeprefix("python:").partition(":")
+            if not module or not attr:
+                raise ValueError(f"a plug-in family is python:package.module:builder (got {v!r})")
+        return v
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> PolicyConfig:
+        if self.family == "transformer" and self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} must be a multiple of n_heads {self.n_heads}")
+        return self
+
+    def arch(self) -> dict[str, Any]:
+        """The settings that shape the weights of this family (what a base card must match)."""
+        if self.family == "transformer":
+            keys = ("d_model", "n_heads", "n_layers", "ffn", "routing")
+            return {k: getattr(self, k) for k in keys}
+        if self.family not in BUILTIN_FAMILIES:
+            return {"options": dict(self.options)}
+        return {}
 
 
 class LoraConfig(_Section):
@@ -136,7 +205,9 @@ class JobConfig(_Section):
     max_wall_time_s: float = Field(300.0, gt=0)
     max_rss_mb: float = Field(1024.0, gt=0)
     threads: int = Field(1, gt=0, description="torch intra-op threads; small MLPs want few")
-    device: Literal["auto", "cpu", "cuda"] = "cpu"
-    bf16: bool = False
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "cpu", description="auto: CUDA when torch sees one (a Jetson), else the CPU"
+    )
+    bf16: bool = Field(False, description="bf16 autocast where the device supports it")
     log_every_steps: int = Field(10, gt=0)
     grace_s: float = Field(5.0, gt=0, description="SIGTERM to SIGKILL, and budget overrun slack")

@@ -96,7 +96,18 @@ def assess_policy(
     return Scored(norm, raw, a, nonfinite)
 
 
-def score(scored: Scored, names: list[str]) -> PolicyScores:
+def score(
+    pred: np.ndarray,
+    data: EpisodeArrays,
+    names: list[str],
+    yardstick_std: np.ndarray,
+    head: SafetyHead,
+) -> PolicyScores:
+    """Errors of ``pred`` (clamped) against the recorded actions, and the head's view of it."""
+    return pooled(assess_policy(pred, data, names, yardstick_std, head), names)
+
+
+def pooled(scored: Scored, names: list[str]) -> PolicyScores:
     """Pooled numbers over every held-out step (what the log and the card show)."""
     if scored.assessment.n == 0:
         raw = norm = np.zeros(len(names))
@@ -186,8 +197,8 @@ def shadow_eval(
         eval_steps=len(data),
         eval_episodes=n_episodes,
         baseline_kind=baseline_kind,
-        baseline=score(base, names),
-        candidate=score(cand, names),
+        baseline=pooled(base, names),
+        candidate=pooled(cand, names),
         shift_mean=min(shift_mean, SHIFT_CAP),
         shift_max=min(shift_max, SHIFT_CAP),
         episodes=episode_evidence(base, cand, data, infos, names),

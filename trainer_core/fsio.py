@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -27,14 +28,30 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` atomically (temp in same dir, fsync, replace, fsync dir)."""
+def _kept_mode_and_group(path: Path, mode: int | None) -> tuple[int, int | None]:
+    """The mode to write with and the group to keep: an existing file's own (so a runtime's
+    group-writable 664 manifest stays 664 and keeps its group), else ``mode`` or 0o644."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return (0o644 if mode is None else mode), None
+    return (stat.S_IMODE(st.st_mode) if mode is None else mode), st.st_gid
+
+
+def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Replace ``path`` with ``data`` atomically (temp in same dir, fsync, replace, fsync dir).
+
+    ``mode`` None keeps an existing file's mode and group (new files: 0o644)."""
     path = Path(path)
+    mode, gid = _kept_mode_and_group(path, mode)
     fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX + path.name + ".", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            if gid is not None and gid != os.fstat(f.fileno()).st_gid:
+                with contextlib.suppress(PermissionError):  # not a member: keep what we can
+                    os.fchown(f.fileno(), -1, gid)
             os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -45,12 +62,12 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
     fsync_dir(path.parent)
 
 
-def atomic_write_text(path: Path, text: str, mode: int = 0o644) -> None:
+def atomic_write_text(path: Path, text: str, mode: int | None = None) -> None:
     """Replace ``path`` with UTF-8 ``text`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"), mode)
 
 
-def atomic_write_json(path: Path, obj: Any, mode: int = 0o644) -> None:
+def atomic_write_json(path: Path, obj: Any, mode: int | None = None) -> None:
     """Replace ``path`` with ``obj`` as indented JSON, atomically. NaN is refused, not written."""
     atomic_write_text(
         path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n", mode

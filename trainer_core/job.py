@@ -103,6 +103,7 @@ def run(spec: JobSpec, result: JobResult, t0: float, preempt: Preemption) -> Non
 
     from trainer_core import checkpoint as ckpt_mod
     from trainer_core.base import BaseError, load_base
+    from trainer_core.device import DeviceError, pick_device
     from trainer_core.evaluate import EvalInterrupted, Policy, shadow_eval
     from trainer_core.features import Normalizer, action_bounds, read_split
     from trainer_core.lora import (
@@ -114,17 +115,16 @@ def run(spec: JobSpec, result: JobResult, t0: float, preempt: Preemption) -> Non
         save_adapter,
         trainable_parameters,
     )
+    from trainer_core.plugins import extras
     from trainer_core.train import Budget, LoopState, make_optimizer, peak_rss_mb, train_loop
 
     job = spec.job
     torch.set_num_threads(job.threads)
-    device = torch.device(
-        "cuda"
-        if job.device == "cuda" or (job.device == "auto" and torch.cuda.is_available())
-        else "cpu"
-    )
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidJob("job.device is cuda but torch sees no CUDA device")
+    try:
+        placement = pick_device(job)
+    except DeviceError as exc:
+        raise InvalidJob(str(exc)) from None
+    device = placement.device
     result.device = device.type
     random.seed(job.seed)
     np.random.seed(job.seed)
@@ -209,7 +209,10 @@ def run(spec: JobSpec, result: JobResult, t0: float, preempt: Preemption) -> Non
     t_train = time.monotonic()
     result.timings["startup_s"] = round(t_train - t0, 3)
     budget = Budget(job, t0, preempt)
-    stop = train_loop(model, optimizer, x, y, job, state, budget, emit, bf16=job.bf16)
+    loss_fn = extras(base.model).loss
+    stop = train_loop(
+        model, optimizer, x, y, job, state, budget, emit, bf16=placement.bf16, loss_fn=loss_fn
+    )
     result.timings["train_s"] = round(time.monotonic() - t_train, 3)
     result.timings["max_step_s"] = round(budget.max_step_s, 4)
     if budget.stopped_at_s is not None:
@@ -283,6 +286,8 @@ def run(spec: JobSpec, result: JobResult, t0: float, preempt: Preemption) -> Non
         "timings": dict(result.timings),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "device": device.type,
+        "family": spec.policy.family,
+        "dtype": placement.dtype,
     }
     save_adapter(model, staging, normalizer, card)
     target = spec.run_dir / CANDIDATE_DIR

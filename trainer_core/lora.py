@@ -17,10 +17,10 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 
-from trainer_core.config import LoraConfig
+from trainer_core.config import FeaturesConfig, LoraConfig, PolicyConfig
 from trainer_core.features import Normalizer
 from trainer_core.fsio import atomic_write_json
-from trainer_core.policies import linear_module_names
+from trainer_core.policies import family_module_names, linear_module_names
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -35,6 +35,19 @@ class LoraError(ValueError):
 def _matches(name: str, target: str) -> bool:
     # peft's own rule for a list of targets: the full name, or a dotted suffix of it.
     return name == target or name.endswith("." + target)
+
+
+def missing_targets(
+    policy: PolicyConfig, features: FeaturesConfig, cfg: LoraConfig
+) -> tuple[list[str], list[str]]:
+    """(targets that match no Linear module of the configured family, the names it has)."""
+    if policy.family == "hf-causal-lm":
+        from trainer_core.hf_lm import hf_module_names
+
+        names = hf_module_names(policy)
+    else:
+        names = family_module_names(policy, features)
+    return [t for t in cfg.target_modules if not any(_matches(n, t) for n in names)], names
 
 
 def attach_lora(model: nn.Module, cfg: LoraConfig) -> PeftModel:

@@ -1,8 +1,11 @@
 """Registry of policy families: family name -> builder (LeRobot style, one registry).
 
-A builder takes the sizes from the feature spec and :class:`PolicyConfig` and returns a plain
-``nn.Module`` mapping a normalised observation batch ``(B, O)`` to a normalised action batch
-``(B, A)``. Submodules are named so LoRA targets read well (``layers.0``, ``layers.1``, ``head``).
+A builder takes the sizes from the feature spec, :class:`PolicyConfig` and the feature spec
+itself (token families split the observation vector by group) and returns a plain ``nn.Module``
+mapping a normalised observation batch ``(B, O)`` to a normalised action batch ``(B, A)``.
+Submodules are named so LoRA targets read well (``layers.0``, ``head``, ``q_proj``). Families
+not built in are plug-ins (trainer_core/plugins.py); ``hf-causal-lm`` has its own job path
+(trainer_core/hf_lm.py) and is listed here so every family name lives in one place.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from trainer_core.config import PolicyConfig
+from trainer_core.config import FeaturesConfig, PolicyConfig
+from trainer_core.plugins import build_plugin, is_plugin
+from trainer_core.transformer import build_transformer
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -40,20 +45,44 @@ class MLPPolicy(nn.Module):
         return self.head(x)
 
 
-Builder = Callable[[int, int, PolicyConfig], nn.Module]
+Builder = Callable[[int, int, PolicyConfig, FeaturesConfig | None], nn.Module]
+
+
+def _hf_not_here(n_obs: int, n_act: int, cfg: PolicyConfig, features: object) -> nn.Module:
+    raise ValueError("hf-causal-lm is a language model: it trains through trainer_core.hf_lm")
+
 
 FAMILIES: dict[str, Builder] = {
-    "mlp": lambda n_obs, n_act, cfg: MLPPolicy(n_obs, n_act, cfg.hidden, cfg.activation),
+    "mlp": lambda n_obs, n_act, cfg, features=None: MLPPolicy(
+        n_obs, n_act, cfg.hidden, cfg.activation
+    ),
+    "transformer": build_transformer,
+    "hf-causal-lm": _hf_not_here,
 }
 
 
-def build_policy(n_obs: int, n_act: int, cfg: PolicyConfig) -> nn.Module:
-    """A freshly initialised policy of ``cfg.family``; raises KeyError naming known families."""
-    try:
-        builder = FAMILIES[cfg.family]
-    except KeyError:
-        raise KeyError(f"unknown policy family {cfg.family!r}; known: {sorted(FAMILIES)}") from None
-    return builder(n_obs, n_act, cfg)
+def build_policy(
+    n_obs: int, n_act: int, cfg: PolicyConfig, features: FeaturesConfig | None = None
+) -> nn.Module:
+    """A freshly initialised policy of ``cfg.family`` (a built-in or a plug-in).
+
+    Raises ValueError (a :class:`~trainer_core.plugins.PluginError` for plug-ins) saying why a
+    policy cannot be built.
+    """
+    if cfg.family in FAMILIES:
+        return FAMILIES[cfg.family](n_obs, n_act, cfg, features)
+    if is_plugin(cfg.family):
+        return build_plugin(n_obs, n_act, cfg, features)
+    raise ValueError(f"unknown policy family {cfg.family!r}; known: {sorted(FAMILIES)}")
+
+
+def family_module_names(cfg: PolicyConfig, features: FeaturesConfig) -> list[str]:
+    """The Linear module names of the configured family, built on the meta device (no memory)."""
+    with torch.device("meta"):
+        model = build_policy(
+            len(features.observation_names), len(features.action_names), cfg, features
+        )
+    return linear_module_names(model)
 
 
 def linear_module_names(model: nn.Module) -> list[str]:

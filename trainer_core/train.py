@@ -112,11 +112,14 @@ def train_loop(
     budget: Budget,
     emit: Emit,
     bf16: bool = False,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> Stop | None:
     """Train until ``job.max_steps`` (returns None) or a budget/preemption stop (returns it).
 
-    ``x``/``y`` are normalised observation/action tensors already on the model's device.
+    ``x``/``y`` are normalised observation/action tensors already on the model's device;
+    ``loss_fn`` (a plug-in's) replaces the mean squared error.
     """
+    loss_fn = loss_fn or F.mse_loss
     n = len(x)
     batch_size = min(job.batch_size, n)
     batches_per_epoch = n // batch_size if job.drop_last else math.ceil(n / batch_size)
@@ -137,7 +140,7 @@ def train_loop(
         state.batch += 1
 
         with autocast:
-            loss = F.mse_loss(model(x[idx]).float(), y[idx])
+            loss = loss_fn(model(x[idx]).float(), y[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, job.grad_clip)

@@ -1,0 +1,123 @@
+"""deploy/install.sh --wheelhouse: the offline install refuses a damaged or incomplete wheelhouse.
+
+The checks run in ``--dry-run`` too (they only read), so most cases need no root. The
+missing-dependency case runs pip for real, offline, into a venv under a temporary prefix: it
+stops at pip, before anything outside the prefix is touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+INSTALL = REPO / "deploy" / "install.sh"
+PROJECT_WHEEL = "continuon_trainer-0.1.0-py3-none-any.whl"
+
+
+def write_sums(folder: Path) -> None:
+    """SHA256SUMS in sha256sum's own format, for every wheel in ``folder``."""
+    lines = [
+        f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n"
+        for p in sorted(folder.glob("*.whl"))
+    ]
+    (folder / "SHA256SUMS").write_text("".join(lines))
+
+
+def fake_wheelhouse(tmp_path: Path) -> Path:
+    """A wheelhouse whose checks pass: two wheels (contents do not matter to the checks)."""
+    wh = tmp_path / "wheelhouse"
+    wh.mkdir()
+    (wh / PROJECT_WHEEL).write_bytes(b"project wheel bytes")
+    (wh / "dep-1.0-py3-none-any.whl").write_bytes(b"dependency wheel bytes")
+    write_sums(wh)
+    return wh
+
+
+def install(*args: str | Path, dry_run: bool = True) -> subprocess.CompletedProcess[str]:
+    cmd = ["bash", str(INSTALL), *(["--dry-run"] if dry_run else []), *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
+def test_good_wheelhouse_installs_with_no_index(tmp_path: Path) -> None:
+    wh = fake_wheelhouse(tmp_path)
+    done = install("--wheelhouse", wh)
+    assert done.returncode == 0, done.stderr
+    pip_line = next(line for line in done.stdout.splitlines() if " pip install " in line)
+    assert "--no-index" in pip_line and f"--find-links {wh}" in pip_line
+    assert "PIP_CONFIG_FILE=/dev/null" in pip_line, "a pip config must not add other sources"
+    assert pip_line.endswith(str(wh / PROJECT_WHEEL))
+
+
+def damage(wh: Path) -> None:
+    (wh / "dep-1.0-py3-none-any.whl").write_bytes(b"dependency wheel bytes, changed")
+
+
+def drop(wh: Path) -> None:
+    (wh / "dep-1.0-py3-none-any.whl").unlink()
+
+
+def add_unlisted(wh: Path) -> None:
+    (wh / "stray-2.0-py3-none-any.whl").write_bytes(b"not in the list")
+
+
+def drop_sums(wh: Path) -> None:
+    (wh / "SHA256SUMS").unlink()
+
+
+def drop_project(wh: Path) -> None:
+    (wh / PROJECT_WHEEL).unlink()
+    write_sums(wh)
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        (damage, "checksum mismatch for dep-1.0-py3-none-any.whl"),
+        (drop, "dep-1.0-py3-none-any.whl is listed in SHA256SUMS but missing"),
+        (add_unlisted, "stray-2.0-py3-none-any.whl is not listed in SHA256SUMS"),
+        (drop_sums, "SHA256SUMS is missing"),
+        (drop_project, "exactly one continuon_trainer wheel (found 0)"),
+    ],
+    ids=["checksum-mismatch", "missing-wheel", "unlisted-wheel", "no-sums", "no-project"],
+)
+def test_bad_wheelhouse_is_refused_before_pip(tmp_path: Path, breakage, message: str) -> None:
+    wh = fake_wheelhouse(tmp_path)
+    breakage(wh)
+    done = install("--wheelhouse", wh)
+    assert done.returncode != 0
+    assert message in done.stderr, done.stderr
+    assert "pip install" not in done.stdout, "pip must not run on an unverified wheelhouse"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a real (non-dry) install.sh run needs root")
+def test_missing_dependency_is_named(tmp_path: Path) -> None:
+    """Only the project's wheel: pip --no-index cannot find a dependency, and install.sh says
+    which one, instead of leaving the operator with pip's resolver output."""
+    wh = tmp_path / "wheelhouse"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wh), str(REPO)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    write_sums(wh)
+    prefix = tmp_path / "prefix"
+    done = install(
+        "--wheelhouse",
+        wh,
+        "--prefix",
+        prefix,
+        "--python",
+        shutil.which("python3.11") or sys.executable,
+        dry_run=False,
+    )
+    assert done.returncode != 0
+    assert f"the wheelhouse {wh} has no wheel for" in done.stderr, done.stderr[-2000:]
+    assert "rebuild it with deploy/wheelhouse.sh" in done.stderr
