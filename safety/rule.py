@@ -147,7 +147,7 @@ def _judge_evidence(judge: _Judge, eps: list[EpisodeEvidence], cfg: PromotionCon
     """Every bootstrap check, on the episodes' evidence."""
     boot = Bootstrap(eps, cfg.resamples, cfg.confidence)
     steps = boot.column(lambda e: e.steps)
-    conf = f"{cfg.confidence:.0%}"
+    conf = _conf(cfg.confidence)
     for rate, margin, cap in (
         ("clamp", cfg.clamp_rate_margin, cfg.max_clamp_rate),
         ("warn", cfg.warn_rate_margin, cfg.max_warn_rate),
@@ -234,7 +234,7 @@ def _judge_slices(judge: _Judge, eps: list[EpisodeEvidence], cfg: PromotionConfi
             f"slice:{label}",
             upper <= cfg.max_slice_regression,
             f"error on {len(members)} episodes of {label} {_rel(point)} vs baseline "
-            f"({cfg.confidence:.0%} upper bound {_rel(upper)}; allowed "
+            f"({_conf(cfg.confidence)} upper bound {_rel(upper)}; allowed "
             f"{_rel(cfg.max_slice_regression)})",
             value=point,
             bound=upper,
@@ -289,6 +289,11 @@ def _drop(base: np.ndarray | float, cand: np.ndarray | float) -> np.ndarray:
     """Relative error drop (base - cand) / base; -inf where the baseline error is 0."""
     base, cand = np.asarray(base, np.float64), np.asarray(cand, np.float64)
     return np.where(base > 0, (base - cand) / np.where(base > 0, base, 1.0), -np.inf)
+
+
+def _conf(confidence: float) -> str:
+    """0.95 -> "95%", 0.999 -> "99.9%"."""
+    return f"{confidence * 100:.3g}%"
 
 
 def _pct(v: float) -> str:
