@@ -1,6 +1,6 @@
 """Compressed-time soak of the real daemon: many short jobs, a flapping gate, episodes arriving.
 
-    .venv/bin/python bench/bench_soak.py [--minutes 30] [--seed S]
+    .venv/bin/python bench/bench_soak.py [--minutes 30 | --hours N] [--seed S]
 
 The daemon runs under a notify socket the bench binds (systemd's side) with WATCHDOG_USEC set.
 A synthetic robot drops two episodes every few seconds and flips its mode file between idle and
@@ -8,7 +8,9 @@ manual_control at random (a flapping gate: jobs start, get preempted, resume, pr
 rejected). Jobs are tiny (``max_steps`` 20). Reported: the daemon's RSS over time and its
 slope (no growth trend), jobs started / preempted / promoted / rejected / failed, and watchdog
 misses (a gap between WATCHDOG=1 pings longer than WATCHDOG_USEC; must be 0). The issue's soak
-is 30 minutes (the default); ``--minutes 2`` is a quick look. Last stdout line: figures JSON.
+is 30 minutes (the default); ``--hours N`` is the long soak; ``--minutes 2`` is a quick look.
+Open file descriptors, threads and the state folder's disk use are sampled too, each with its
+least-squares slope per hour (flat means no leak). Last stdout line: figures JSON.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import random
 import statistics
 import sys
@@ -25,6 +28,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+import psutil  # noqa: E402
 
 from tests.daemon_harness import NotifySocket, group_alive  # noqa: E402
 from tests.reliability_harness import Robot, job_pid, job_processes, make_base, rss_mb  # noqa: E402
@@ -50,6 +55,24 @@ def slope_per_hour(samples: list[tuple[float, float]]) -> float:
     if var == 0:
         return 0.0
     return sum((t - mt) * (y - my) for t, y in zip(ts, ys, strict=True)) / var * 3600.0
+
+
+def disk_use_mb(folder: Path) -> float:
+    """Disk allocated under ``folder`` (files), in MB; files vanishing mid-walk are skipped."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+            except OSError:
+                continue
+    return total / 1e6
+
+
+def resources(pid: int, state: Path) -> tuple[float, float, float]:
+    """The daemon's open fds and threads, and the state folder's disk use (MB)."""
+    proc = psutil.Process(pid)
+    return float(proc.num_fds()), float(proc.num_threads()), disk_use_mb(state)
 
 
 def count_events(log: str) -> dict[str, int]:
@@ -84,10 +107,13 @@ def figure(name: str, value: float, unit: str, target: str, ok: bool | None) -> 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--hours", type=float, default=None, help="overrides --minutes")
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--full", action="store_true", help="accepted; the default is full size")
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
+    if args.hours is not None:
+        args.minutes = args.hours * 60.0
     duration = args.minutes * 60.0
     drops = int(duration / DROP_EVERY_S) + 4
     with tempfile.TemporaryDirectory(prefix="bench-soak-") as tmp:
@@ -99,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         robot.mode("idle")
         robot.start(notify=notify, watchdog_usec=WATCHDOG_USEC)
         samples: list[tuple[float, float]] = []
+        extra: dict[str, list[tuple[float, float]]] = {"fds": [], "threads": [], "state MB": []}
         flips = 0
         try:
             robot.wait_ready()
@@ -112,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
                     raise SystemExit(f"daemon died: {robot.tail()}")
                 if now >= next_sample:
                     samples.append((now - t0, rss_mb(robot.proc.pid)))
+                    for key, value in zip(
+                        extra, resources(robot.proc.pid, robot.root / "state"), strict=True
+                    ):
+                        extra[key].append((now - t0, value))
                     next_sample += SAMPLE_EVERY_S
                 if now >= next_drop:
                     robot.drop(2)
@@ -149,6 +180,15 @@ def main(argv: list[str] | None = None) -> int:
     shown = samples[:: max(1, len(samples) // 12)]
     print(f"RSS samples (s, MB): {[(round(t), round(y, 1)) for t, y in shown]}")
     print(f"RSS {rss_first:.1f} -> {rss_last:.1f} MB (max {rss_max:.1f}); slope {slope:.2f} MB/h")
+    slopes = {}
+    for key, series in extra.items():
+        kept = [x for x in series if x[0] >= min(60.0, duration * 0.1)]
+        slopes[key] = slope_per_hour(kept)
+        last = kept[-1][1] if kept else 0.0
+        print(
+            f"{key}: first {kept[0][1] if kept else 0:.1f}, last {last:.1f}, "
+            f"max {max((y for _, y in series), default=0):.1f}; slope {slopes[key]:.2f}/h"
+        )
     print(f"jobs {counts}; watchdog pings {len(pings)}, largest gap {max(gaps, default=0):.2f} s")
     figures = [
         figure("soak duration", elapsed / 60, "min", f">= {args.minutes:g}", None),
@@ -160,6 +200,15 @@ def main(argv: list[str] | None = None) -> int:
             abs(slope) < RSS_SLOPE_TARGET_MB_PER_H,
         ),
         figure("daemon RSS max", rss_max, "MB", "", None),
+        figure("daemon open fds slope", slopes["fds"], "fds/h", "", None),
+        figure("daemon threads slope", slopes["threads"], "threads/h", "", None),
+        figure("state folder disk use slope", slopes["state MB"], "MB/h", "", None),
+        figure(
+            "daemon open fds max", max((y for _, y in extra["fds"]), default=0), "fds", "", None
+        ),
+        figure(
+            "daemon threads max", max((y for _, y in extra["threads"]), default=0), "", "", None
+        ),
         figure("jobs started", counts["started"], "jobs", "> 0", counts["started"] > 0),
         figure("jobs preempted", counts["preempted"], "jobs", "", None),
         figure("jobs promoted", counts["promoted"], "jobs", "> 0", counts["promoted"] > 0),

@@ -41,7 +41,7 @@ class PathsConfig(_Section):
 
 
 class ServiceConfig(_Section):
-    """The service loop's trigger policy and cadence (DESIGN §9)."""
+    """The service loop's trigger policy and cadence (architecture §9)."""
 
     min_new_episodes: int = Field(4, ge=1)
     min_total_episodes: int = Field(8, ge=1)

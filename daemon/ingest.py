@@ -1,6 +1,6 @@
 """Episodes folder -> ledger: discovery, completeness, and the rescan.
 
-Rules (DESIGN §4):
+Rules (architecture §4):
 
 - An *entry* is a top-level item of the episodes folder that looks like an episode
   (:func:`trainer_core.rlds.kind_of`): a directory, a ``*.json`` file or a TFRecord. Hidden and

@@ -12,9 +12,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import faulthandler
-import fcntl
 import os
-import shutil
 import signal
 import sys
 import time
@@ -24,22 +22,25 @@ from pathlib import Path
 from typing import Any
 
 from daemon.config import ConfigError, TrainerConfig, load_config
+from daemon.cycle import Verdict, baseline_of, judge, plan_job
 from daemon.health import HealthWatch, legacy_baseline_note
 from daemon.ingest import bounds_check, scan
+from daemon.instance import AlreadyRunning, take_instance_lock
 from daemon.ledger import Ledger, LedgerError
 from daemon.logs import configure_logging, get_logger
 from daemon.notify import Notifier
 from daemon.precheck import manifest_model_mismatch, read_manifest
+from daemon.runs import clean_runs, resumable_checkpoint
+from daemon.snapshot import decision_entry, job_view, status_line
 from daemon.status import write_status
-from daemon.store import AdapterStore, Release, StoreError, utc_stamp
-from daemon.supervisor import JobSupervisor, Outcome, read_result, reap_orphan
+from daemon.store import AdapterStore, StoreError, utc_stamp
+from daemon.supervisor import JobSupervisor, Outcome, reap_orphan
 from daemon.trigger import History, trigger
 from daemon.watcher import EpisodeWatcher
 from gating import Gate, GateDecision, build_gate
 from safety.config import SafetyConfig, merge_manifest_safety
-from safety.rule import decide
 from trainer_core.basefile import base_weights_file
-from trainer_core.spec import RESULT_FILE, JobSpec
+from trainer_core.spec import JobResult
 
 DAY_S = 86_400.0
 STATUS_EVERY_S = 1.0  # progress alone rewrites the status file at most this often
@@ -48,9 +49,7 @@ SCAN_SLICE_JOB_S = 0.1  # ... or this long while a job runs (the gate is polled 
 WATCHERLESS_RESCAN_S = 5.0  # full rescans this often while the watcher is down
 STORE_RETRY_S = 30.0  # how often an unusable adapter store is looked at again
 
-
-class AlreadyRunning(RuntimeError):
-    """Another daemon holds this state folder."""
+__all__ = ["AlreadyRunning", "Phase", "Service", "once_command", "run_command"]
 
 
 class Phase(StrEnum):
@@ -92,6 +91,9 @@ class Service:
         self.history = History()
         self.decisions: collections.deque[dict[str, Any]] = collections.deque(maxlen=10)
         self.gate_decision: GateDecision | None = None
+        # A finished candidate that passed the rule while the gate was closed: it waits, and
+        # is judged again (against the release current then) once the gate opens.
+        self.pending: Outcome | None = None
         self.jobs_started: collections.deque[float] = collections.deque()
         self.counts: dict[str, int] = {}
         self.stop_requested = False
@@ -148,22 +150,7 @@ class Service:
         )
 
     def _take_instance_lock(self) -> None:
-        """One daemon per state folder: a second one (or `once` beside the service) would reap
-        the first one's child and delete its runs."""
-        path = self.cfg.state_dir / "daemon.lock"
-        self._lock_file = open(path, "a+")  # noqa: SIM115 - held for the process's lifetime
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock_file.seek(0)
-            holder = self._lock_file.read().strip() or "?"
-            self._lock_file.close()
-            raise AlreadyRunning(
-                f"another continuon-trainer (pid {holder}) is running on {self.cfg.state_dir}"
-            ) from None
-        self._lock_file.truncate(0)
-        self._lock_file.write(f"{os.getpid()}\n")
-        self._lock_file.flush()
+        self._lock_file = take_instance_lock(self.cfg.state_dir, os.getpid())
 
     def _check_store(self) -> None:
         """Recover the adapter store; while it is unusable, retry now and then (an operator may
@@ -197,21 +184,10 @@ class Service:
         return watcher
 
     def _clean_runs(self) -> None:
-        """Remove run dirs a crash left without a result, and all but the newest ``keep_runs``
-        (and the one holding the checkpoint the next job resumes from)."""
-        if not self.cfg.runs_dir.is_dir():
-            return
-        runs = sorted(p for p in self.cfg.runs_dir.iterdir() if p.is_dir())
-        keep = set(runs[-self.cfg.service.keep_runs :])
-        resume = self._resumable_checkpoint()
-        if resume is not None:
-            keep.add(resume.parent)
-        for run in runs:
-            abandoned = not (run / RESULT_FILE).exists()
-            if abandoned or run not in keep:
-                shutil.rmtree(run, ignore_errors=True)
-                if abandoned:
-                    self.log.info("abandoned_run_removed", job_id=run.name)
+        """Prune run dirs (keeping a candidate that waits for the gate)."""
+        protect = {self.pending.run_dir} if self.pending is not None else set()
+        for run_id in clean_runs(self.cfg.runs_dir, self.cfg.service.keep_runs, protect):
+            self.log.info("abandoned_run_removed", job_id=run_id)
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -359,6 +335,9 @@ class Service:
                     Phase.EVALUATING if self.supervisor.progress.phase == "eval" else Phase.TRAINING
                 )
             return
+        if self.pending is not None:
+            self._judge_pending(gate)
+            return
         while self.jobs_started and self._wall() - self.jobs_started[0] > DAY_S:
             self.jobs_started.popleft()
         history = History(
@@ -401,34 +380,29 @@ class Service:
         return manifest_model_mismatch(read_manifest(self.cfg.paths.manifest), self.cfg.policy)
 
     def start_job(self) -> None:
-        """Write a spec from the ledger's episodes and start the child."""
+        """Plan a job from the ledger's episodes and start the child."""
         cfg = self.cfg
-        train = self.ledger.valid_episodes("train")[: cfg.job.max_episodes]
-        evals = self.ledger.valid_episodes("eval")
         try:
-            baseline = self._baseline()
+            baseline = baseline_of(self.store.current())
             safety = self._safety_config()
         except (OSError, StoreError, ValueError) as exc:
             self.blocked = self.reason = f"adapter store or manifest unusable: {exc}"
             return
         run_id = f"{utc_stamp(self._wall())}-{os.getpid() % 10000:04d}"
-        spec = JobSpec(
-            run_id=run_id,
-            run_dir=cfg.runs_dir / run_id,
-            train_episodes=[Path(r.path) for r in train],
-            eval_episodes=[Path(r.path) for r in evals],
-            base_path=cfg.policy.base_path,
-            baseline_adapter=baseline.path if baseline else None,
-            baseline_id=baseline.id if baseline else None,
-            resume_from=self._resumable_checkpoint(),
-            features=cfg.features,
-            policy=cfg.policy,
-            lora=cfg.lora,
-            job=cfg.job,
-            ingest=cfg.ingest,
-            safety=safety,
+        plan = plan_job(
+            cfg,
+            run_id,
+            self.ledger.valid_episodes("train"),
+            self.ledger.valid_episodes("eval"),
+            baseline,
+            safety,
+            resumable_checkpoint(cfg.runs_dir),
         )
-        self.ledger.record_job_start(run_id, self._wall(), [r.content_hash for r in train])
+        spec = plan.spec
+        if spec is None:
+            self.phase, self.reason = Phase.IDLE, plan.reason
+            return
+        self.ledger.record_job_start(run_id, self._wall(), plan.train_hashes)
         try:
             self.supervisor.start(spec)
         except OSError as exc:  # a full or read-only disk: this job fails, the daemon goes on
@@ -436,25 +410,15 @@ class Service:
             return
         self.jobs_started.append(self._wall())
         self.phase = Phase.TRAINING
-        self.reason = f"job {run_id}: {len(train)} train / {len(evals)} eval episodes"
+        self.reason = plan.reason
         self.log.info(
             "job_started",
             job_id=run_id,
-            train=len(train),
-            eval=len(evals),
+            train=len(spec.train_episodes),
+            eval=len(spec.eval_episodes),
             resume=str(spec.resume_from) if spec.resume_from else None,
             baseline=spec.baseline_id or "base",
         )
-
-    def _baseline(self) -> Release | None:
-        """The release a candidate is judged against: the current one, unless it was adopted
-        from an old install (a .pt of unknown shape), when the bare base is the baseline."""
-        current = self.store.current()
-        return current if current is not None and not current.legacy else None
-
-    def _baseline_kind(self) -> str:
-        baseline = self._baseline()
-        return f"adapter:{baseline.id}" if baseline else "base"
 
     def _safety_config(self) -> SafetyConfig:
         if not self.cfg.safety.from_manifest:
@@ -466,28 +430,9 @@ class Service:
         self._safety_notes = notes
         return merged
 
-    def _resumable_checkpoint(self) -> Path | None:
-        """The checkpoint named by the newest run that has a result, if that run was preempted.
-
-        A job preempted before it saved anything reports the checkpoint it had resumed from,
-        so a second preemption does not lose the first one's progress.
-        """
-        if not self.cfg.runs_dir.is_dir():
-            return None
-        for run in sorted(self.cfg.runs_dir.iterdir(), reverse=True):
-            result, _ = read_result(run)
-            if result is None:
-                continue
-            checkpoint = result.checkpoint_path
-            if result.status == "preempted" and checkpoint is not None and checkpoint.is_dir():
-                return checkpoint
-            return None
-        return None
-
     def on_job_end(self, outcome: Outcome) -> None:
         """Record a finished child and decide: resume later, back off, or judge the candidate."""
         run_id = outcome.run_dir.name
-        now = self._monotonic()
         status = outcome.status
         result = outcome.result
         self.log.info(
@@ -507,22 +452,38 @@ class Service:
         if status not in ("done", "budget") or result is None or result.candidate_path is None:
             self._fail(run_id, outcome.reason, status)
             return
+        self.pending = outcome
+        self._judge_pending(self.gate_decision)
+
+    def _judge_pending(self, gate: GateDecision | None) -> None:
+        """Judge the waiting candidate against the release current now; promote it only while
+        the gate is open, else keep it waiting."""
+        assert self.pending is not None and self.pending.result is not None
+        outcome, result = self.pending, self.pending.result
+        run_id = outcome.run_dir.name
+        gate_open = self._force or (gate is not None and gate.open)
+        verdict = judge(
+            result.metrics, self.cfg.promotion, baseline_of(self.store.current()).kind, gate_open
+        )
+        if verdict.action == "wait":
+            reason = f"candidate {run_id} passed; waits for the gate"
+            if gate is not None:
+                reason += f": {gate.summary()}"
+            if self.phase != Phase.PROMOTING or self.reason != reason:
+                self.log.info("candidate_waiting", job_id=run_id, gate=reason)
+            self.phase, self.reason = Phase.PROMOTING, reason
+            return
+        self.pending = None
         self.phase = Phase.PROMOTING
-        decision = decide(result.metrics, self.cfg.promotion)
-        reasons = list(decision.reasons)
-        promote = decision.promote
-        baseline_now = self._baseline_kind()
-        reasons += legacy_baseline_note(self.store.current())
-        if result.metrics is not None and result.metrics.baseline_kind != baseline_now:
-            # An operator rolled back (or another release landed) while the job ran: the
-            # candidate was judged against something that is no longer running.
-            promote = False
-            reasons.append(
-                f"FAIL baseline: evaluated against {result.metrics.baseline_kind}, but the "
-                f"current adapter is now {baseline_now}"
-            )
+        self._conclude(run_id, outcome.status, result, verdict)
+
+    def _conclude(self, run_id: str, status: str, result: JobResult, verdict: Verdict) -> None:
+        """Promote (``verdict.action == "promote"``) or reject the candidate; cool down."""
+        now = self._monotonic()
+        reasons = verdict.reasons + legacy_baseline_note(self.store.current())
         release_id = None
-        if promote:
+        if verdict.action == "promote":
+            assert result.candidate_path is not None
             try:
                 card = {
                     "run_id": run_id,
@@ -540,15 +501,15 @@ class Service:
             except (OSError, StoreError) as exc:  # the promotion stands; pruning can wait
                 self.log.warning("prune_failed", error=str(exc))
         self._clean_runs()
-        verdict = "promoted" if release_id else "rejected"
-        self._record_job_end(run_id, status, verdict, release_id)
+        verdict_word = "promoted" if release_id else "rejected"
+        self._record_job_end(run_id, status, verdict_word, release_id)
         log = self.log.info if release_id else self.log.warning
-        log("candidate_" + verdict, job_id=run_id, release=release_id, reasons=reasons)
-        self._remember(run_id, verdict, reasons, result, release_id)
+        log("candidate_" + verdict_word, job_id=run_id, release=release_id, reasons=reasons)
+        self._remember(run_id, verdict_word, reasons, result, release_id)
         self.history = History(last_job_end=now)
         self._cooldown_until = now + self.cfg.service.cooldown_s
         self.phase = Phase.COOLDOWN
-        self.reason = f"job {run_id} {verdict}" + (f" as {release_id}" if release_id else "")
+        self.reason = f"job {run_id} {verdict_word}" + (f" as {release_id}" if release_id else "")
 
     def _record_job_end(
         self, run_id: str, status: str, decision: str | None, release_id: str | None
@@ -573,51 +534,32 @@ class Service:
         run_id: str,
         verdict: str,
         reasons: list[str],
-        result: Any,
+        result: JobResult | None,
         release_id: str | None = None,
     ) -> None:
-        metrics = result.metrics.model_dump() if result is not None and result.metrics else None
-        self.decisions.appendleft(
-            {
-                "job_id": run_id,
-                "at": utc_stamp(self._wall()),
-                "verdict": verdict,
-                "release": release_id,
-                "reasons": reasons,
-                "metrics": metrics,
-                "steps": result.steps if result is not None else None,
-            }
-        )
+        at = utc_stamp(self._wall())
+        self.decisions.appendleft(decision_entry(run_id, at, verdict, reasons, result, release_id))
 
     # -- status, reload, shutdown -----------------------------------------------------------------
 
     def status_line(self) -> str:
         """The one line systemd shows: what the daemon does and why."""
-        if self.phase in (Phase.TRAINING, Phase.EVALUATING) and self.supervisor.running:
-            p = self.supervisor.progress
-            loss = f" loss {p.loss:.4g}" if p.loss is not None else ""
-            return f"{self.phase}: step {p.step}/{p.max_steps}{loss}"
-        line = f"{self.phase}: {self.reason}"
-        gate = self.gate_decision
-        if gate is not None and not gate.open and self.phase in (Phase.IDLE, Phase.COOLDOWN):
-            line += f"; gate {gate.summary()}"
-        return line
+        running = self.supervisor.running
+        progress = self.supervisor.progress if running else None
+        return status_line(str(self.phase), self.reason, progress, self.gate_decision)
 
     def snapshot(self) -> dict[str, Any]:
         """Everything ``continuon-trainer status`` shows."""
         job = None
-        if self.supervisor.running and self.supervisor.spec is not None:
-            p = self.supervisor.progress
-            job = {
-                "job_id": self.supervisor.spec.run_id,
-                "pid": self.supervisor.pid,
-                "phase": p.phase,
-                "step": p.step,
-                "max_steps": p.max_steps,
-                "loss": p.loss,
-                "elapsed_s": round(self.supervisor.elapsed_s, 1),
-                "budget_s": self.cfg.job.max_wall_time_s,
-            }
+        spec = self.supervisor.spec
+        if self.supervisor.running and spec is not None:
+            job = job_view(
+                spec.run_id,
+                self.supervisor.pid,
+                self.supervisor.progress,
+                self.supervisor.elapsed_s,
+                self.cfg.job.max_wall_time_s,
+            )
         try:
             current = self.store.current()
         except (OSError, StoreError) as exc:
@@ -692,6 +634,14 @@ class Service:
             outcome = self.supervisor.wait(self.cfg.job.grace_s + 2)
             if outcome is not None:
                 self.on_job_end(outcome)
+        if self.pending is not None:
+            # Never promoted while the gate was closed, and not now either: the episodes stay
+            # new, so the next start trains (and judges) again.
+            run_id = self.pending.run_dir.name
+            self.pending = None
+            self._record_job_end(run_id, "preempted", None, None)
+            self._remember(run_id, "preempted", ["shut down while the candidate waited"], None)
+            self.log.warning("candidate_dropped", job_id=run_id, reason="shutdown while waiting")
         self.watcher.stop()
         with contextlib.suppress(OSError):
             write_status(self.cfg.status_path, self.snapshot() | {"pid": None})
@@ -742,8 +692,11 @@ def once_command(args: Any, cfg: TrainerConfig) -> int:
     while not service.stop_requested:
         service.tick()
         started = started or service.supervisor.running
-        if started and not service.supervisor.running:
+        if started and not service.supervisor.running and service.pending is None:
             break
+        if service.pending is not None and service.reason != said:
+            said = service.reason
+            print(f"waiting: {said}", file=sys.stderr)
         if started or service.rescanning:
             continue
         if service.phase in (Phase.IDLE, Phase.COOLDOWN):

@@ -33,6 +33,7 @@ SCHEMA_KEYS = (
     "episodes",
     "job",
     "current_release",
+    "health",
     "blocked",
     "last_decisions",
     "ledger_error",

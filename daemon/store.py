@@ -1,6 +1,6 @@
 """The adapter store: immutable releases, the ``current`` symlink, and the model manifest.
 
-Layout (DESIGN §7)::
+Layout (architecture §7)::
 
     <model>/adapters/releases/<id>/   immutable: the candidate's files + release.json + card.json
     <model>/adapters/current          symlink -> releases/<id>
@@ -45,7 +45,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainer_core.fsio import TEMP_PREFIX, atomic_write_json, fsync_dir, fsync_tree, sha256_file
+from trainer_core.fsio import (
+    TEMP_PREFIX,
+    atomic_write_json,
+    fsync_dir,
+    fsync_tree,
+    mkdirs_durable,
+    sha256_file,
+)
 
 if TYPE_CHECKING:
     import argparse
@@ -540,7 +547,7 @@ class AdapterStore:
         card: dict[str, Any],
     ) -> Release:
         """Copy ``sources`` into a temp dir, write release.json and card.json, fsync, rename."""
-        self.releases_dir.mkdir(parents=True, exist_ok=True)
+        mkdirs_durable(self.releases_dir)  # a power cut must not lose releases/ itself
         staging = self.releases_dir / f"{TEMP_PREFIX}{rid}-{secrets.token_hex(4)}"
         staging.mkdir()
         try:

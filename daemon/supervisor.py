@@ -1,4 +1,4 @@
-"""Runs one training job at a time as a bounded child process (DESIGN §6).
+"""Runs one training job at a time as a bounded child process (architecture §6).
 
 The child is a fresh interpreter (``python -m trainer_core.job <run_dir>/spec.json``) in its own
 session and process group, at nice 19 with a raised oom_score_adj, without the systemd notify

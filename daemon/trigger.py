@@ -1,4 +1,4 @@
-"""When is there reason to train? A pure function of counts, clock and history (DESIGN §9)."""
+"""When is there reason to train? A pure function of counts, clock and history (architecture §9)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Robot signals -> one gate decision with reasons (DESIGN §8).
+"""Robot signals -> one gate decision with reasons (architecture §8).
 
 Enter slow, leave fast: the gate opens only after every condition held continuously for
 ``open_after_s`` (and, after a close, ``min_closed_s`` passed); it closes on the first bad reading.

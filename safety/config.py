@@ -260,7 +260,8 @@ def _bounds(value: Any) -> dict[str, tuple[float, float]]:
 
 
 class PromotionConfig(_Section):
-    """Every threshold of the promotion rule (DESIGN §7; ``safety.rule`` says how each is used).
+    """Every threshold of the promotion rule (architecture §7; ``safety.rule`` says how each
+    is used).
 
     Rates are shares of held-out steps; "margin" is how much worse than the baseline the
     candidate may be, judged on the upper confidence bound of a paired bootstrap over episodes.

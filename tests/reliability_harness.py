@@ -326,6 +326,7 @@ def abandoned_runs(root: Path) -> set[str]:
 class CrashReport:
     kills: Counter[str] = field(default_factory=Counter)
     moments: Counter[str] = field(default_factory=Counter)
+    phases: Counter[str] = field(default_factory=Counter)  # "<who>@<moment>"
     orphans_reaped: int = 0
     reaped_in_log: int = 0
     promotions_during: int = 0
@@ -340,6 +341,7 @@ class CrashReport:
             "kills": dict(self.kills),
             "kills_total": sum(self.kills.values()),
             "moments": dict(self.moments),
+            "phases": dict(self.phases),
             "orphans_reaped": self.orphans_reaped,
             "reaped_in_log": self.reaped_in_log,
             "promotions_total": self.promotions_during,
@@ -382,11 +384,16 @@ def crash_campaign(
             robot.drop(2)
             robot.mode("idle")
             if kind == "daemon":
-                moment = rng.choice(("startup", "idle", "job", "eval")) if i else "job"
-            else:
-                moment = "job"
+                moment = rng.choice(("startup", "scan", "idle", "job", "eval")) if i else "job"
+            else:  # a child exists only in a job: kill it while it trains or evaluates
+                moment = rng.choice(("job", "eval"))
             report.moments[moment] += 1
-            if moment == "startup":
+            report.phases[f"{kind}@{moment}"] += 1
+            if moment == "scan":
+                # episodes just arrived: the daemon is reading and recording them
+                robot.drop(2)
+                time.sleep(rng.uniform(0.0, 0.6))
+            elif moment == "startup":
                 # a clean restart, then a kill while the new daemon recovers, reaps and ingests
                 assert robot.stop() == 0, robot.tail()
                 robot.start()

@@ -1,8 +1,8 @@
 """Typed configuration for what trainer_core owns: ingest limits, features, policy, LoRA, job.
 
-Each package owns the pydantic models of its own config sections (DESIGN §2); ``daemon.config``
-composes them into the whole file. Paths here may be relative: the daemon resolves them against
-the configured root before anything uses them.
+Each package owns the pydantic models of its own config sections (architecture §2);
+``daemon.config`` composes them into the whole file. Paths here may be relative: the daemon
+resolves them against the configured root before anything uses them.
 """
 
 from __future__ import annotations

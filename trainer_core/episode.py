@@ -40,7 +40,7 @@ class Step:
 @dataclass
 class Episode:
     """A whole episode: ``episode_id`` is stable across re-reads (it fixes the train/eval split),
-    ``source`` the file or directory it came from, ``layout`` one of A-E (DESIGN §4)."""
+    ``source`` the file or directory it came from, ``layout`` one of A-E (architecture §4)."""
 
     episode_id: str
     metadata: dict[str, Any]

@@ -28,6 +28,20 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def mkdirs_durable(path: Path) -> None:
+    """``mkdir -p`` that fsyncs the parent of every directory it creates, so a file named from
+    elsewhere (a manifest naming ``releases/<id>``) cannot outlive its folder in a power cut."""
+    missing: list[Path] = []
+    p = Path(path)
+    while not p.is_dir():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            d.mkdir()
+        fsync_dir(d.parent)
+
+
 def _kept_mode_and_group(path: Path, mode: int | None) -> tuple[int, int | None]:
     """The mode to write with and the group to keep: an existing file's own (so a runtime's
     group-writable 664 manifest stays 664 and keeps its group), else ``mode`` or 0o644."""

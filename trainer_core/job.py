@@ -93,206 +93,294 @@ def _publish(staging: Path, target: Path) -> None:
     fsync_dir(target.parent)
 
 
-def run(spec: JobSpec, result: JobResult, t0: float, preempt: Preemption) -> None:
-    """The whole job; fills ``result`` as it goes (so a crash still reports what happened)."""
-    # Imported here, after the SIGTERM handler exists: torch and peft take seconds to import.
-    import random
+class Recipe:
+    """The job's phases, in order, sharing one state (torchtune style): :meth:`setup`,
+    :meth:`load_data`, :meth:`load_models`, :meth:`resume`, :meth:`train`, :meth:`evaluate`,
+    :meth:`save_candidate`. Each fills ``result`` as it goes, so a crash still reports what
+    happened. Torch is imported inside the phases: only after the SIGTERM handler exists (torch
+    and peft take seconds to import)."""
 
-    import numpy as np
-    import torch
+    def __init__(self, spec: JobSpec, result: JobResult, t0: float, preempt: Preemption) -> None:
+        self.spec, self.result, self.t0, self.preempt = spec, result, t0, preempt
+        self.device: Any = None
+        self.placement: Any = None  # trainer_core.device.Placement
+        self.train_split: Any = None  # trainer_core.features.Split
+        self.normalizer: Any = None
+        self.base: Any = None  # trainer_core.base.LoadedBase
+        self.model: Any = None
+        self.baseline: Any = None  # trainer_core.evaluate.Policy
+        self.baseline_kind = "base"
+        self.optimizer: Any = None
+        self.state: Any = None  # trainer_core.train.LoopState
+        self.fp = ""
+        self.metrics: Any = None
+        self.bounds: dict[str, tuple[float, float]] = {}  # every action name's, from load_data
+        self.safety = spec.safety  # with those bounds filled in, from load_data
 
-    from trainer_core import checkpoint as ckpt_mod
-    from trainer_core.base import BaseError, load_base
-    from trainer_core.device import DeviceError, pick_device
-    from trainer_core.evaluate import EvalInterrupted, Policy, shadow_eval
-    from trainer_core.features import Normalizer, action_bounds, read_split
-    from trainer_core.lora import (
-        LoraError,
-        attach_lora,
-        load_adapter,
-        load_lora_state,
-        lora_state,
-        save_adapter,
-        trainable_parameters,
-    )
-    from trainer_core.plugins import extras
-    from trainer_core.train import Budget, LoopState, make_optimizer, peak_rss_mb, train_loop
+    def setup(self) -> None:
+        """Threads, device and seeds."""
+        import random
 
-    job = spec.job
-    torch.set_num_threads(job.threads)
-    try:
-        placement = pick_device(job)
-    except DeviceError as exc:
-        raise InvalidJob(str(exc)) from None
-    device = placement.device
-    result.device = device.type
-    random.seed(job.seed)
-    np.random.seed(job.seed)
-    torch.manual_seed(job.seed)
+        import numpy as np
+        import torch
 
-    # --- data -------------------------------------------------------------------------------
-    emit({"event": "phase", "phase": "load"})
-    try:  # every action name bounded (safety.clamp_bounds, else features.bounds), or no job
-        bounds = action_bounds(spec.features, spec.safety.clamp_bounds)
-    except ValueError as exc:
-        raise InvalidJob(str(exc)) from None
-    safety = spec.safety.model_copy(update={"clamp_bounds": bounds})
-    train = read_split(
-        spec.train_episodes, spec.features, spec.ingest, safety.proximity_path, bounds
-    )
-    result.skipped.update(train.skipped)
-    if len(train.arrays) == 0:
-        first = "; ".join(f"{p}: {r}" for p, r in list(train.skipped.items())[:3])
-        raise InvalidJob(
-            f"no usable train episodes ({len(spec.train_episodes)} given"
-            + (f"; {first}" if first else "")
-            + ")"
-        )
-    result.train_episodes = len(train.paths)
-    result.train_samples = len(train.arrays)
-    result.episode_hashes = train.hashes
-    obs_names, act_names = spec.features.observation_names, spec.features.action_names
-    normalizer = Normalizer.fit(train.arrays, obs_names, act_names)
+        from trainer_core.device import DeviceError, pick_device
 
-    # --- models -----------------------------------------------------------------------------
-    try:
-        base = load_base(spec.base_path, spec.policy, spec.features)
-        model = attach_lora(base.model, spec.lora).to(device)
-        if spec.baseline_adapter is not None:
-            baseline_model, baseline_norm, _ = load_adapter(
-                load_base(spec.base_path, spec.policy, spec.features).model,
-                spec.baseline_adapter,
-                base.sha256,
-            )
-            baseline = Policy(baseline_model.to(device), baseline_norm)
-            baseline_kind = f"adapter:{spec.baseline_id or spec.baseline_adapter.name}"
-        else:
-            baseline = Policy(
-                load_base(spec.base_path, spec.policy, spec.features).model, base.normalizer
-            )
-            baseline.model.to(device)
-            baseline_kind = "base"
-    except (BaseError, LoraError) as exc:
-        raise InvalidJob(str(exc)) from None
-    optimizer = make_optimizer(trainable_parameters(model), job)
-    state = LoopState()
-
-    # --- resume -----------------------------------------------------------------------------
-    fp = ckpt_mod.fingerprint(spec, train.hashes, base.sha256)
-    if spec.resume_from is not None:
-        # A checkpoint that fails half-way through being applied must leave no trace.
-        fresh = (lora_state(model), torch.get_rng_state(), np.random.get_state(), random.getstate())
+        job = self.spec.job
+        torch.set_num_threads(job.threads)
         try:
-            ckpt = ckpt_mod.load_checkpoint(spec.resume_from, fp)
-            load_lora_state(model, {k: v.to(device) for k, v in ckpt.lora.items()})
-            optimizer.load_state_dict(ckpt.optimizer)
+            self.placement = pick_device(job)
+        except DeviceError as exc:
+            raise InvalidJob(str(exc)) from None
+        self.device = self.placement.device
+        self.result.device = self.device.type
+        random.seed(job.seed)
+        np.random.seed(job.seed)
+        torch.manual_seed(job.seed)
+
+    def load_data(self) -> None:
+        """Read the train split (skipping bad episodes with their reasons) and fit the
+        normaliser; the result reports what was actually read (its content hashes)."""
+        from trainer_core.features import Normalizer, action_bounds, read_split
+
+        spec, result = self.spec, self.result
+        emit({"event": "phase", "phase": "load"})
+        try:  # every action name bounded (safety.clamp_bounds, else features.bounds), or no job
+            self.bounds = action_bounds(spec.features, spec.safety.clamp_bounds)
+        except ValueError as exc:
+            raise InvalidJob(str(exc)) from None
+        self.safety = spec.safety.model_copy(update={"clamp_bounds": self.bounds})
+        train = read_split(
+            spec.train_episodes,
+            spec.features,
+            spec.ingest,
+            self.safety.proximity_path,
+            self.bounds,
+        )
+        result.skipped.update(train.skipped)
+        if len(train.arrays) == 0:
+            first = "; ".join(f"{p}: {r}" for p, r in list(train.skipped.items())[:3])
+            raise InvalidJob(
+                f"no usable train episodes ({len(spec.train_episodes)} given"
+                + (f"; {first}" if first else "")
+                + ")"
+            )
+        result.train_episodes = len(train.paths)
+        result.train_samples = len(train.arrays)
+        result.episode_hashes = train.hashes
+        self.train_split = train
+        obs_names, act_names = spec.features.observation_names, spec.features.action_names
+        self.normalizer = Normalizer.fit(train.arrays, obs_names, act_names)
+
+    def load_models(self) -> None:
+        """The base with LoRA attached (to train), and the baseline to judge it against."""
+        from trainer_core.base import BaseError, load_base
+        from trainer_core.evaluate import Policy
+        from trainer_core.lora import LoraError, attach_lora, load_adapter
+        from trainer_core.train import LoopState
+
+        spec, device = self.spec, self.device
+        try:
+            self.base = load_base(spec.base_path, spec.policy, spec.features)
+            self.model = attach_lora(self.base.model, spec.lora).to(device)
+            fresh = load_base(spec.base_path, spec.policy, spec.features).model
+            if spec.baseline_adapter is not None:
+                model, norm, _ = load_adapter(fresh, spec.baseline_adapter, self.base.sha256)
+                self.baseline = Policy(model.to(device), norm)
+                self.baseline_kind = f"adapter:{spec.baseline_id or spec.baseline_adapter.name}"
+            else:
+                self.baseline = Policy(fresh.to(device), self.base.normalizer)
+                self.baseline_kind = "base"
+        except (BaseError, LoraError) as exc:
+            raise InvalidJob(str(exc)) from None
+        self.optimizer = self._fresh_optimizer()
+        self.state = LoopState()
+
+    def _fresh_optimizer(self) -> Any:
+        from trainer_core.lora import trainable_parameters
+        from trainer_core.train import make_optimizer
+
+        return make_optimizer(trainable_parameters(self.model), self.spec.job)
+
+    def resume(self) -> None:
+        """Continue from the spec's checkpoint if it belongs to this job; a checkpoint that
+        fails half-way through being applied leaves no trace."""
+        import random
+
+        import numpy as np
+        import torch
+
+        from trainer_core import checkpoint as ckpt_mod
+        from trainer_core.lora import LoraError, load_lora_state, lora_state
+
+        spec, result, device = self.spec, self.result, self.device
+        self.fp = ckpt_mod.fingerprint(spec, self.train_split.hashes, self.base.sha256)
+        if spec.resume_from is None:
+            return
+        fresh = (
+            lora_state(self.model),
+            torch.get_rng_state(),
+            np.random.get_state(),
+            random.getstate(),
+        )
+        try:
+            ckpt = ckpt_mod.load_checkpoint(spec.resume_from, self.fp)
+            load_lora_state(self.model, {k: v.to(device) for k, v in ckpt.lora.items()})
+            self.optimizer.load_state_dict(ckpt.optimizer)
             ckpt_mod.restore_rng(ckpt)
-            state = ckpt.state
-            result.resumed_from_step = state.step
-            result.notes.append(f"resumed from {spec.resume_from} at step {state.step}")
+            self.state = ckpt.state
+            result.resumed_from_step = self.state.step
+            result.notes.append(f"resumed from {spec.resume_from} at step {self.state.step}")
         except (ckpt_mod.CheckpointError, LoraError, ValueError, KeyError, RuntimeError) as exc:
-            load_lora_state(model, {k: v.to(device) for k, v in fresh[0].items()})
-            optimizer = make_optimizer(trainable_parameters(model), job)
+            load_lora_state(self.model, {k: v.to(device) for k, v in fresh[0].items()})
+            self.optimizer = self._fresh_optimizer()
             torch.set_rng_state(fresh[1])
             np.random.set_state(fresh[2])
             random.setstate(fresh[3])
             result.notes.append(f"resume checkpoint discarded: {exc}")
 
-    x = torch.from_numpy(normalizer.norm_obs(train.arrays.obs)).to(device)
-    y = torch.from_numpy(normalizer.norm_act(train.arrays.act)).to(device)
+    def train(self) -> bool:
+        """Train within the budgets; False when there is nothing to evaluate (preempted, with a
+        resume checkpoint written, or no step ran)."""
+        import torch
 
-    # --- train ------------------------------------------------------------------------------
-    preempt.abort_immediately = False
-    if preempt.requested:  # arrived between the last check and here
-        raise PreemptedNow
-    emit({"event": "phase", "phase": "train"})
-    t_train = time.monotonic()
-    result.timings["startup_s"] = round(t_train - t0, 3)
-    budget = Budget(job, t0, preempt)
-    loss_fn = extras(base.model).loss
-    stop = train_loop(
-        model, optimizer, x, y, job, state, budget, emit, bf16=placement.bf16, loss_fn=loss_fn
-    )
-    result.timings["train_s"] = round(time.monotonic() - t_train, 3)
-    result.timings["max_step_s"] = round(budget.max_step_s, 4)
-    if budget.stopped_at_s is not None:
-        result.timings["stopped_at_s"] = round(budget.stopped_at_s, 3)
-    result.steps = state.step
-    result.losses = state.losses
-    result.loss_first = state.loss_first
-    result.loss_last = state.losses[-1] if state.losses else None
+        from trainer_core.plugins import extras
+        from trainer_core.train import Budget, train_loop
 
-    def save_resume_checkpoint() -> None:
-        target = spec.run_dir / CHECKPOINT_DIR
-        ckpt_mod.save_checkpoint(target, lora_state(model), optimizer, state, fp)
-        result.checkpoint_path = target
-        emit({"event": "checkpoint", "step": state.step, "path": str(target)})
-
-    if stop is not None and stop.kind == "preempted":
-        save_resume_checkpoint()
-        result.status, result.reason = "preempted", stop.reason
-        return
-    result.status = "budget" if stop is not None else "done"
-    result.reason = stop.reason if stop is not None else ""
-    if state.step == 0:
-        result.reason += "; no step ran, no candidate"
-        return
-
-    # --- shadow evaluation -----------------------------------------------------------------
-    emit({"event": "phase", "phase": "eval"})
-    t_eval = time.monotonic()
-    evals = read_split(
-        spec.eval_episodes, spec.features, spec.ingest, safety.proximity_path, bounds
-    )
-    result.skipped.update(evals.skipped)
-    try:
-        metrics = shadow_eval(
-            evals.arrays,
-            evals.episodes,
-            baseline,
-            baseline_kind,
-            Policy(model, normalizer),
-            base.normalizer,
-            safety,
-            device,
-            preempt,
+        result, job, state = self.result, self.spec.job, self.state
+        arrays = self.train_split.arrays
+        x = torch.from_numpy(self.normalizer.norm_obs(arrays.obs)).to(self.device)
+        y = torch.from_numpy(self.normalizer.norm_act(arrays.act)).to(self.device)
+        self.preempt.abort_immediately = False
+        if self.preempt.requested:  # arrived between the last check and here
+            raise PreemptedNow
+        emit({"event": "phase", "phase": "train"})
+        t_train = time.monotonic()
+        result.timings["startup_s"] = round(t_train - self.t0, 3)
+        budget = Budget(job, self.t0, self.preempt)
+        stop = train_loop(
+            self.model,
+            self.optimizer,
+            x,
+            y,
+            job,
+            state,
+            budget,
+            emit,
+            bf16=self.placement.bf16,
+            loss_fn=extras(self.base.model).loss,
         )
-    except EvalInterrupted:
-        save_resume_checkpoint()
-        result.status, result.reason = "preempted", "preempted by SIGTERM during evaluation"
-        return
-    result.metrics = metrics
-    result.timings["eval_s"] = round(time.monotonic() - t_eval, 3)
+        result.timings["train_s"] = round(time.monotonic() - t_train, 3)
+        result.timings["max_step_s"] = round(budget.max_step_s, 4)
+        if budget.stopped_at_s is not None:
+            result.timings["stopped_at_s"] = round(budget.stopped_at_s, 3)
+        result.steps = state.step
+        result.losses = state.losses
+        result.loss_first = state.loss_first
+        result.loss_last = state.losses[-1] if state.losses else None
+        if stop is not None and stop.kind == "preempted":
+            self._preempted(stop.reason)
+            return False
+        result.status = "budget" if stop is not None else "done"
+        result.reason = stop.reason if stop is not None else ""
+        if state.step == 0:
+            result.reason += "; no step ran, no candidate"
+            return False
+        return True
 
-    # --- candidate --------------------------------------------------------------------------
-    staging = _stage_dir(spec.run_dir, CANDIDATE_DIR)
-    card = {
-        "kind": "continuon-lora-adapter",
-        "run_id": spec.run_id,
-        "created_unix": time.time(),
-        "base_path": str(spec.base_path),
-        "base_sha256": base.sha256,
-        "policy": spec.policy.model_dump(mode="json"),
-        "features": spec.features.model_dump(mode="json"),
-        "lora": spec.lora.model_dump(mode="json"),
-        "job": job.model_dump(mode="json"),
-        "episode_hashes": train.hashes,
-        "train_samples": len(train.arrays),
-        "steps": state.step,
-        "status": result.status,
-        "loss_first": result.loss_first,
-        "loss_last": result.loss_last,
-        "metrics": metrics.model_dump(mode="json"),
-        "timings": dict(result.timings),
-        "peak_rss_mb": round(peak_rss_mb(), 1),
-        "device": device.type,
-        "family": spec.policy.family,
-        "dtype": placement.dtype,
-    }
-    save_adapter(model, staging, normalizer, card)
-    target = spec.run_dir / CANDIDATE_DIR
-    _publish(staging, target)
-    result.candidate_path = target
+    def _preempted(self, reason: str) -> None:
+        """Write the resume checkpoint and report the preemption."""
+        from trainer_core import checkpoint as ckpt_mod
+        from trainer_core.lora import lora_state
+
+        target = self.spec.run_dir / CHECKPOINT_DIR
+        ckpt_mod.save_checkpoint(
+            target, lora_state(self.model), self.optimizer, self.state, self.fp
+        )
+        self.result.checkpoint_path = target
+        emit({"event": "checkpoint", "step": self.state.step, "path": str(target)})
+        self.result.status, self.result.reason = "preempted", reason
+
+    def evaluate(self) -> bool:
+        """Shadow evaluation: replay the held-out split through baseline and candidate. False
+        when preempted meanwhile (checked between episodes read and between forward chunks)."""
+        from trainer_core.evaluate import EvalInterrupted, Policy, shadow_eval
+        from trainer_core.features import read_split
+
+        spec, result = self.spec, self.result
+        emit({"event": "phase", "phase": "eval"})
+        t_eval = time.monotonic()
+        evals = read_split(
+            spec.eval_episodes, spec.features, spec.ingest, self.safety.proximity_path, self.bounds
+        )
+        result.skipped.update(evals.skipped)
+        try:
+            self.metrics = shadow_eval(
+                evals.arrays,
+                evals.episodes,
+                self.baseline,
+                self.baseline_kind,
+                Policy(self.model, self.normalizer),
+                self.base.normalizer,
+                self.safety,
+                self.device,
+                self.preempt,
+            )
+        except EvalInterrupted:
+            self._preempted("preempted by SIGTERM during evaluation")
+            return False
+        result.metrics = self.metrics
+        result.timings["eval_s"] = round(time.monotonic() - t_eval, 3)
+        return True
+
+    def save_candidate(self) -> None:
+        """Stage the adapter with its card and publish it as ``<run_dir>/candidate``."""
+        from trainer_core.lora import save_adapter
+        from trainer_core.train import peak_rss_mb
+
+        spec, result = self.spec, self.result
+        staging = _stage_dir(spec.run_dir, CANDIDATE_DIR)
+        card = {
+            "kind": "continuon-lora-adapter",
+            "run_id": spec.run_id,
+            "created_unix": time.time(),
+            "base_path": str(spec.base_path),
+            "base_sha256": self.base.sha256,
+            "policy": spec.policy.model_dump(mode="json"),
+            "features": spec.features.model_dump(mode="json"),
+            "lora": spec.lora.model_dump(mode="json"),
+            "job": spec.job.model_dump(mode="json"),
+            "episode_hashes": self.train_split.hashes,
+            "train_samples": len(self.train_split.arrays),
+            "steps": self.state.step,
+            "status": result.status,
+            "loss_first": result.loss_first,
+            "loss_last": result.loss_last,
+            "metrics": self.metrics.model_dump(mode="json"),
+            "timings": dict(result.timings),
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "device": self.device.type,
+            "family": spec.policy.family,
+            "dtype": self.placement.dtype,
+        }
+        save_adapter(self.model, staging, self.normalizer, card)
+        target = spec.run_dir / CANDIDATE_DIR
+        _publish(staging, target)
+        result.candidate_path = target
+
+
+def run(spec: JobSpec, result: JobResult, t0: float, preempt: Preemption) -> None:
+    """The whole job, phase by phase; fills ``result`` as it goes."""
+    recipe = Recipe(spec, result, t0, preempt)
+    recipe.setup()
+    recipe.load_data()
+    recipe.load_models()
+    recipe.resume()
+    if not recipe.train():
+        return
+    if not recipe.evaluate():
+        return
+    recipe.save_candidate()
 
 
 def _write_result(run_dir: Path, result: JobResult) -> None:

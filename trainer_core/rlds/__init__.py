@@ -1,4 +1,4 @@
-"""RLDS episode readers: every layout of DESIGN §4 into one canonical, validated Episode.
+"""RLDS episode readers: every layout of architecture §4 into one canonical, validated Episode.
 
 Public API (pure stdlib + pydantic config; never torch or numpy, the daemon runs this):
 

@@ -1,6 +1,6 @@
-"""Readers for the JSON layouts (DESIGN §4): A (directory of JSONL shards), B (one JSON file, or
-the arm recorder's ``<id>/episode.json``), C (the older task-library shape) and E (the XR app's
-camelCase spelling of A). All produce a validated canonical :class:`Episode`.
+"""Readers for the JSON layouts (architecture §4): A (directory of JSONL shards), B (one JSON
+file, or the arm recorder's ``<id>/episode.json``), C (the older task-library shape) and E (the
+XR app's camelCase spelling of A). All produce a validated canonical :class:`Episode`.
 
 JSONL lines are read in bounded chunks (``max_line_bytes``) and parsed with the C JSON decoder
 directly; checks are cheap per step so reading stays close to bare ``json.loads`` speed.

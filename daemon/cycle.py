@@ -1,0 +1,136 @@
+"""One training cycle, decided by pure functions: what a job trains and evaluates on, and whether
+its candidate is promoted.
+
+:func:`plan_job` turns the ledger's episodes and the current baseline into a
+:class:`~trainer_core.spec.JobSpec`; :func:`judge` turns the child's metrics, the release that is
+current *now* and the gate into a :class:`Verdict`. Neither does I/O: the service reads the
+ledger, store and gate at its edge and acts on what these return, so every check of the
+decision sits in one call path and is table-tested (tests/test_cycle.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from daemon.config import TrainerConfig
+from daemon.ledger import EpisodeRow
+from daemon.store import Release
+from safety.config import PromotionConfig, SafetyConfig
+from safety.metrics import EvalMetrics
+from safety.rule import Decision, decide
+from trainer_core.spec import JobSpec
+
+Action = Literal["promote", "reject", "wait"]
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """What a candidate is judged against: a release, or the bare base (``kind`` ``"base"``)."""
+
+    kind: str  # "base" | "adapter:<release id>"
+    release_id: str | None = None
+    path: Path | None = None
+
+
+BASE = Baseline("base")
+
+
+def baseline_of(current: Release | None) -> Baseline:
+    """The current release, unless it was adopted from an old install (a .pt of unknown shape),
+    when the bare base is the baseline."""
+    if current is None or current.legacy:
+        return BASE
+    return Baseline(f"adapter:{current.id}", current.id, current.path)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A job to start (``spec``), or why none can (``spec`` None, ``reason`` says why)."""
+
+    spec: JobSpec | None
+    reason: str
+    train_hashes: list[str] = field(default_factory=list)
+    eval_hashes: list[str] = field(default_factory=list)
+
+
+def plan_job(
+    cfg: TrainerConfig,
+    run_id: str,
+    train: Sequence[EpisodeRow],
+    evals: Sequence[EpisodeRow],
+    baseline: Baseline,
+    safety: SafetyConfig,
+    resume_from: Path | None,
+) -> Plan:
+    """The job for these ledger episodes: the first ``job.max_episodes`` train episodes (the
+    ledger lists new ones first), every eval episode, judged against ``baseline``."""
+    chosen = list(train[: cfg.job.max_episodes])
+    if not chosen:
+        return Plan(None, "no valid train episodes")
+    spec = JobSpec(
+        run_id=run_id,
+        run_dir=cfg.runs_dir / run_id,
+        train_episodes=[Path(r.path) for r in chosen],
+        eval_episodes=[Path(r.path) for r in evals],
+        base_path=cfg.policy.base_path,
+        baseline_adapter=baseline.path,
+        baseline_id=baseline.release_id,
+        resume_from=resume_from,
+        features=cfg.features,
+        policy=cfg.policy,
+        lora=cfg.lora,
+        job=cfg.job,
+        ingest=cfg.ingest,
+        safety=safety,
+    )
+    reason = f"job {run_id}: {len(chosen)} train / {len(evals)} eval episodes"
+    return Plan(spec, reason, [r.content_hash for r in chosen], [r.content_hash for r in evals])
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What to do with a finished candidate, and the decision (every check) behind it."""
+
+    action: Action
+    decision: Decision
+
+    @property
+    def reasons(self) -> list[str]:
+        """One line per check, as logged and shown in ``status``."""
+        return list(self.decision.reasons)
+
+
+def judge(
+    metrics: EvalMetrics | None,
+    promotion: PromotionConfig,
+    baseline_now: str,
+    gate_open: bool,
+) -> Verdict:
+    """Judge a candidate: the promotion rule, plus that it was evaluated against the release that
+    is current now (an operator may have rolled back while it ran). A candidate that passes waits
+    while the gate is closed: promoting is work on the robot too, and the current release may
+    still change before it opens (then it is judged again, and fails ``baseline``)."""
+    decision = decide(metrics, promotion)
+    checks = dict(decision.checks)
+    reasons = list(decision.reasons)
+    decisive = decision.decisive
+    if metrics is not None:
+        same = metrics.baseline_kind == baseline_now
+        checks["baseline"] = same
+        if same:
+            reasons.append(f"ok baseline: evaluated against {baseline_now}, still current")
+        else:  # a stale baseline outranks every other reason: the evidence is about the past
+            reasons.insert(
+                0,
+                f"FAIL baseline: evaluated against {metrics.baseline_kind}, but the current "
+                f"adapter is now {baseline_now}",
+            )
+            decisive = "baseline"
+    promote = decision.promote and all(checks.values())
+    whole = Decision(promote, reasons, checks, dict(decision.numbers), decisive)
+    if not promote:
+        return Verdict("reject", whole)
+    return Verdict("promote" if gate_open else "wait", whole)

@@ -1,0 +1,143 @@
+"""The pure cycle: what a job trains and evaluates on (``plan_job``) and what happens to its
+candidate (``judge``), table-driven."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from daemon.config import TrainerConfig, load_config
+from daemon.cycle import BASE, Baseline, baseline_of, judge, plan_job
+from daemon.ledger import EpisodeRow
+from daemon.store import Release
+from safety.config import PromotionConfig
+from safety.metrics import EvalMetrics, PolicyScores
+
+
+def scores(mse: float, block: float = 0.0) -> PolicyScores:
+    return PolicyScores(
+        mse=mse,
+        mse_raw=mse,
+        mse_per_name={"a": mse},
+        mse_norm_per_name={"a": mse},
+        clamp_rate=0.0,
+        warn_rate=0.0,
+        block_rate=block,
+        max_risk=0.0,
+    )
+
+
+def metrics(base: float = 1.0, cand: float = 0.5, kind: str = "base", **kw: float) -> EvalMetrics:
+    return EvalMetrics(
+        eval_steps=int(kw.get("steps", 500)),
+        eval_episodes=5,
+        baseline_kind=kind,
+        baseline=scores(base),
+        candidate=scores(cand, kw.get("block", 0.0)),
+        shift_mean=0.1,
+        shift_max=0.5,
+    )
+
+
+PROMO = PromotionConfig()
+
+# (name, metrics, baseline now, gate open, expected action, the failing check or None)
+JUDGE_CASES = [
+    ("better, gate open", metrics(), "base", True, "promote", None),
+    ("better, gate closed: waits", metrics(), "base", False, "wait", None),
+    ("worse: rejected even with the gate closed", metrics(cand=1.2), "base", False, "reject",
+     "improvement"),
+    ("worse, gate open", metrics(cand=1.2), "base", True, "reject", "improvement"),
+    ("baseline rolled back while it ran", metrics(kind="adapter:r1"), "base", True, "reject",
+     "baseline"),
+    ("another release landed while it ran", metrics(), "adapter:r2", True, "reject", "baseline"),
+    ("baseline changed while waiting, gate still closed", metrics(), "adapter:r2", False,
+     "reject", "baseline"),
+    ("same adapter baseline", metrics(kind="adapter:r1"), "adapter:r1", True, "promote", None),
+    ("too few steps", metrics(steps=3), "base", True, "reject", "eval_steps"),
+    ("blocks", metrics(block=0.5), "base", True, "reject", "block_cap"),
+    ("no metrics", None, "base", True, "reject", None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("metrics_", "baseline_now", "gate_open", "action", "failing"),
+    [c[1:] for c in JUDGE_CASES],
+    ids=[c[0] for c in JUDGE_CASES],
+)
+def test_judge(
+    metrics_: EvalMetrics | None,
+    baseline_now: str,
+    gate_open: bool,
+    action: str,
+    failing: str | None,
+) -> None:
+    verdict = judge(metrics_, PROMO, baseline_now, gate_open)
+    assert verdict.action == action
+    assert verdict.decision.promote == (action != "reject")
+    if failing is not None:
+        assert verdict.decision.checks[failing] is False
+        assert any(r.startswith(f"FAIL {failing}") for r in verdict.reasons)
+    if metrics_ is not None:  # the baseline check is always part of the decision
+        assert "baseline" in verdict.decision.checks
+
+
+def release(rid: str, legacy: bool = False) -> Release:
+    return Release(
+        id=rid,
+        path=Path(f"/r/{rid}"),
+        created="2026-01-01T00:00:00Z",
+        generation=1,
+        sha256="0" * 64,
+        adapter_file="adapter.safetensors",
+        format="safetensors",
+        legacy=legacy,
+    )
+
+
+@pytest.mark.parametrize(
+    ("current", "expected"),
+    [
+        (None, BASE),
+        (release("r1", legacy=True), BASE),
+        (release("r1"), Baseline("adapter:r1", "r1", Path("/r/r1"))),
+    ],
+    ids=["none", "legacy", "release"],
+)
+def test_baseline_of(current: Release | None, expected: Baseline) -> None:
+    assert baseline_of(current) == expected
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> TrainerConfig:
+    cfg, _ = load_config(None, str(tmp_path))
+    return cfg
+
+
+def rows(prefix: str, n: int) -> list[EpisodeRow]:
+    return [
+        EpisodeRow(f"/e/{prefix}{i}", f"{prefix}{i}", f"h{prefix}{i}", 10, 0.0) for i in range(n)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("n_train", "n_eval", "max_episodes", "expect_train"),
+    [(0, 3, 10, None), (3, 2, 10, 3), (5, 2, 2, 2), (4, 0, 10, 4)],
+    ids=["no-train", "all", "capped", "no-eval"],
+)
+def test_plan_job(
+    cfg: TrainerConfig, n_train: int, n_eval: int, max_episodes: int, expect_train: int | None
+) -> None:
+    cfg = cfg.model_copy(update={"job": cfg.job.model_copy(update={"max_episodes": max_episodes})})
+    baseline = Baseline("adapter:r1", "r1", Path("/r/r1"))
+    plan = plan_job(cfg, "run1", rows("t", n_train), rows("v", n_eval), baseline, cfg.safety, None)
+    if expect_train is None:
+        assert plan.spec is None and "no valid train" in plan.reason
+        return
+    assert plan.spec is not None
+    assert len(plan.spec.train_episodes) == expect_train == len(plan.train_hashes)
+    assert plan.train_hashes == [f"ht{i}" for i in range(expect_train)]  # new ones come first
+    assert len(plan.spec.eval_episodes) == n_eval
+    assert plan.spec.baseline_id == "r1" and plan.spec.baseline_adapter == Path("/r/r1")
+    assert plan.spec.run_dir == cfg.runs_dir / "run1"
