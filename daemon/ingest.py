@@ -234,7 +234,9 @@ def _process(
     try:
         digest = content_hash(path, stat.files or None)
     except OSError as exc:
-        _reject(ledger, report, key, f"cannot read ({exc})", signature=stat.signature, now=now)
+        # The card's fault (EIO), not the episode's: no signature is recorded, so the next scan
+        # reads it again and it is recorded as soon as the card reads again.
+        _reject(ledger, report, key, f"cannot read ({exc})", signature=None, now=now)
         return
     if known_hash is not None and known_hash == digest:
         ledger.update_signature(key, stat.signature, now)
@@ -465,6 +467,10 @@ def validate_command(args: Any, config: Any) -> int:
         if not targets:
             print(f"no episodes in {raw}", file=sys.stderr)
         results.extend(check_one(p, why, limits, accept) for p, why in targets)
+    if getattr(args, "ledger", False):
+        from daemon.lineage import add_ledger_view
+
+        add_ledger_view(config, results)
     if getattr(args, "json", False):
         print(json.dumps(results, indent=2))
     else:
@@ -473,4 +479,6 @@ def validate_command(args: Any, config: Any) -> int:
                 print(f"OK {r['path']} ({describe(r['steps'], r['layout'])})")
             else:
                 print(f"REJECTED {r['path']}: {r['reason']}")
+            if r.get("ledger"):
+                print(f"  ledger: {r['ledger']}")
     return 0 if results and all(r["ok"] for r in results) else 1

@@ -1,4 +1,5 @@
-"""The service loop (DESIGN §9): one thread that scans, gates, runs one job at a time and promotes.
+"""The service loop (architecture §9): one thread that scans, gates, runs one job at a time
+and promotes.
 
 States: idle -> armed (data ready, waiting for the gate) -> training -> evaluating -> promoting ->
 cooldown; a preempted job goes back to armed and resumes from its checkpoint. Each iteration:
@@ -12,6 +13,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import faulthandler
+import hashlib
 import os
 import signal
 import sys
@@ -24,15 +26,18 @@ from typing import Any
 from daemon.config import ConfigError, TrainerConfig, load_config
 from daemon.cycle import Verdict, baseline_of, judge, plan_job
 from daemon.health import HealthWatch, legacy_baseline_note
+from daemon.holding import HoldLog, ProgressLog, blocked_hold, gate_hold, trigger_hold
 from daemon.ingest import bounds_check, scan
 from daemon.instance import AlreadyRunning, take_instance_lock
 from daemon.ledger import Ledger, LedgerError
+from daemon.lineage import risk_reason
 from daemon.logs import configure_logging, get_logger
+from daemon.metrics import gather, write_textfile
 from daemon.notify import Notifier
 from daemon.precheck import manifest_model_mismatch, read_manifest
 from daemon.runs import clean_runs, resumable_checkpoint
 from daemon.snapshot import decision_entry, job_view, status_line
-from daemon.status import write_status
+from daemon.status import episode_states, format_episodes, write_status
 from daemon.store import AdapterStore, StoreError, utc_stamp
 from daemon.supervisor import JobSupervisor, Outcome, reap_orphan
 from daemon.trigger import History, trigger
@@ -50,6 +55,11 @@ WATCHERLESS_RESCAN_S = 5.0  # full rescans this often while the watcher is down
 STORE_RETRY_S = 30.0  # how often an unusable adapter store is looked at again
 
 __all__ = ["AlreadyRunning", "Phase", "Service", "once_command", "run_command"]
+
+
+def features_fingerprint(cfg: TrainerConfig) -> str:
+    """What the features verdicts in the ledger were made under (daemon.ledger UNUSABLE)."""
+    return hashlib.sha256(cfg.features.model_dump_json().encode()).hexdigest()[:16]
 
 
 class Phase(StrEnum):
@@ -84,6 +94,10 @@ class Service:
         self._monotonic = monotonic
         self._wall = wall
         self.log = get_logger()
+        self.holds = HoldLog(self.log)
+        self.progress_log = ProgressLog(cfg.logging.progress_every_s)
+        self._settling = 0
+        self._metrics_error: str | None = None
         self.notifier = Notifier(environ, os.getpid(), monotonic)
         self.supervisor = JobSupervisor(cfg.state_dir, environ, monotonic=monotonic)
         self.phase = Phase.IDLE
@@ -142,7 +156,10 @@ class Service:
         self.watcher = self._start_watcher()
         # READY before the first scan: a large folder is scanned in slices by the loop, which
         # keeps pinging the watchdog meanwhile.
-        self.counts = self.ledger.counts()
+        forgotten = self.ledger.features_config(features_fingerprint(cfg))
+        if forgotten:
+            self.log.info("features_changed", unusable_forgotten=forgotten)
+        self.counts = self._counts()
         self.reason = "scanning the episodes folder"
         self.notifier.ready(self.status_line())
         self.log.info(
@@ -301,6 +318,8 @@ class Service:
             self._next_rescan = now
         elif report.pending:
             self._next_rescan = min(self._next_rescan, now + self.cfg.ingest.settle_s / 2 + 0.1)
+        if full or report.pending:
+            self._settling = report.pending  # a partial scan sees only the names it was given
         if report.error != self._scan_error:
             if report.error:
                 self.log.error("episodes_folder_unreadable", error=report.error)
@@ -311,13 +330,17 @@ class Service:
             self.log.info(
                 "episodes_scanned", new=report.new, changed=report.changed, entries=len(changed)
             )
-        self.counts = self.ledger.counts()
+        self.counts = self._counts()
 
     def _log_gate_change(self, decision: GateDecision) -> None:
         if decision.open != self._gate_open:
             self._gate_open = decision.open
-            log = self.log.info if decision.open else self.log.warning
-            log("gate_opened" if decision.open else "gate_closed", gate_reasons=decision.reasons)
+            # A closed gate is normal operation (teleop, charging): info, never a warning.
+            self.log.info(
+                "gate_opened" if decision.open else "gate_closed",
+                gate_reasons=decision.reasons,
+                **({"ignored": "once --force"} if self._force else {}),
+            )
 
     # -- state machine -----------------------------------------------------------------------
 
@@ -334,6 +357,7 @@ class Service:
                 self.phase = (
                     Phase.EVALUATING if self.supervisor.progress.phase == "eval" else Phase.TRAINING
                 )
+                self._log_progress(now)
             return
         if self.pending is not None:
             self._judge_pending(gate)
@@ -346,21 +370,43 @@ class Service:
             self.history.last_failure,
             len(self.jobs_started),
         )
-        trig = trigger(
-            self.counts.get("new", 0), self.counts.get("train", 0), now, history, self.cfg.service
-        )
+        trainable = (episode_states(self.counts) or {}).get("trainable", 0)
+        trig = trigger(self.counts.get("new", 0), trainable, now, history, self.cfg.service)
         if not trig.ready:
             self.phase = Phase.COOLDOWN if now < self._cooldown_until else Phase.IDLE
             self.reason = trig.reason
+            self.holds.update(trigger_hold(trig.reason, self.counts.get("settling", 0)))
             return
         self.phase = Phase.ARMED
         self.blocked = self._blocked()
         if self.blocked:
             self.reason = f"{trig.reason}; {self.blocked}"
+            self.holds.update(blocked_hold(self.blocked))
         elif gate.open or self._force:
+            self.holds.update(None)
             self.start_job()
         else:
             self.reason = f"{trig.reason}; gate {gate.summary()}"
+            self.holds.update(gate_hold(gate.summary()))
+
+    def _counts(self) -> dict[str, int]:
+        """The ledger's counts plus the episodes still settling (the last scan's)."""
+        return {**self.ledger.counts(), "settling": self._settling}
+
+    def _log_progress(self, now: float) -> None:
+        """A job_progress line every logging.progress_every_s (daemon.holding)."""
+        p, spec = self.supervisor.progress, self.supervisor.spec
+        if spec is not None:
+            self.progress_log.maybe_log(
+                self.log,
+                spec.run_id,
+                p.step,
+                p.max_steps,
+                p.loss,
+                p.phase,
+                now,
+                self.cfg.job.batch_size,
+            )
 
     def _blocked(self) -> str | None:
         """What keeps a job from starting that only an operator can fix, if anything."""
@@ -449,11 +495,21 @@ class Service:
             self.reason = f"job {run_id} preempted; resumes when the gate opens"
             self._remember(run_id, "preempted", [outcome.reason], result)
             return
+        self._note_unusable(result)
         if status not in ("done", "budget") or result is None or result.candidate_path is None:
             self._fail(run_id, outcome.reason, status)
             return
         self.pending = outcome
         self._judge_pending(self.gate_decision)
+
+    def _note_unusable(self, result: JobResult | None) -> None:
+        """Episodes the features could not use: kept out of training and "new" from now on,
+        each said once with its reason (an operator's features config or data to fix)."""
+        if result is None or not result.skipped:
+            return
+        for path in self.ledger.mark_unusable(dict(result.skipped)):
+            self.log.warning("episode_unusable", episode=path, reason=result.skipped[path])
+        self.counts = self._counts()
 
     def _judge_pending(self, gate: GateDecision | None) -> None:
         """Judge the waiting candidate against the release current now; promote it only while
@@ -481,6 +537,8 @@ class Service:
         """Promote (``verdict.action == "promote"``) or reject the candidate; cool down."""
         now = self._monotonic()
         reasons = verdict.reasons + legacy_baseline_note(self.store.current())
+        if verdict.action != "promote":
+            reasons += risk_reason(result.episode_risk)
         release_id = None
         if verdict.action == "promote":
             assert result.candidate_path is not None
@@ -503,8 +561,10 @@ class Service:
         self._clean_runs()
         verdict_word = "promoted" if release_id else "rejected"
         self._record_job_end(run_id, status, verdict_word, release_id)
-        log = self.log.info if release_id else self.log.warning
-        log("candidate_" + verdict_word, job_id=run_id, release=release_id, reasons=reasons)
+        # A rejected candidate is the rule doing its job, not a problem: info like a promotion.
+        self.log.info(
+            "candidate_" + verdict_word, job_id=run_id, release=release_id, reasons=reasons
+        )
         self._remember(run_id, verdict_word, reasons, result, release_id)
         self.history = History(last_job_end=now)
         self._cooldown_until = now + self.cfg.service.cooldown_s
@@ -516,7 +576,7 @@ class Service:
     ) -> None:
         """Record a job's end and refresh the counts the trigger reads (``new`` changes)."""
         self.ledger.record_job_end(run_id, status, decision, release_id, self._wall())
-        self.counts = self.ledger.counts()
+        self.counts = self._counts()
 
     def _fail(self, run_id: str, reason: str, status: str = "crashed") -> None:
         now = self._monotonic()
@@ -596,10 +656,27 @@ class Service:
         )
         if key != self._last_status_key or now - self._last_status_write >= STATUS_EVERY_S:
             self._last_status_key, self._last_status_write = key, now
+            snapshot = self.snapshot()
             try:
-                write_status(self.cfg.status_path, self.snapshot())
+                write_status(self.cfg.status_path, snapshot)
             except (OSError, ValueError) as exc:
                 self.log.error("status_write_failed", error=str(exc))
+            self._write_metrics(snapshot)
+
+    def _write_metrics(self, snapshot: dict[str, Any]) -> None:
+        """The Prometheus textfile beside the status file, when configured (daemon.metrics)."""
+        path = self.cfg.metrics.textfile
+        if path is None:
+            return
+        try:
+            write_textfile(path, gather(snapshot, self.ledger, self.store))
+            error = None
+        except (OSError, ValueError) as exc:
+            error = str(exc)
+        if error != self._metrics_error:  # said once, not at every write
+            self._metrics_error = error
+            if error:
+                self.log.warning("metrics_write_failed", path=str(path), error=error)
 
     def reload(self) -> None:
         """SIGHUP: take a new config if it is valid; otherwise keep the old one and say why."""
@@ -700,7 +777,10 @@ def once_command(args: Any, cfg: TrainerConfig) -> int:
         if started or service.rescanning:
             continue
         if service.phase in (Phase.IDLE, Phase.COOLDOWN):
-            print(f"nothing to do: {service.reason}", file=sys.stderr)
+            print(
+                f"nothing to do: {service.reason} (episodes: {format_episodes(service.counts)})",
+                file=sys.stderr,
+            )
             break
         if service.blocked:
             print(f"cannot train: {service.blocked}", file=sys.stderr)
