@@ -317,6 +317,7 @@ def test_once_force_runs_one_cycle_despite_teleop(tmp_path, base_checkpoint):
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert '"event":"candidate_promoted"' in done.stderr
+    assert '<4>{"event":"gate_closed"' not in done.stderr  # --force: the gate is no warning
     manifest = json.loads((root / "model" / "manifest.json").read_text())
     assert manifest["generation"] == 1
     # Without --force and with the robot in teleop, `once` does not train: it waits for the gate
@@ -329,6 +330,7 @@ def test_once_force_runs_one_cycle_despite_teleop(tmp_path, base_checkpoint):
         timeout=60,
     )
     assert again.returncode == 0 and "nothing to do" in again.stderr
+    assert "(episodes: " in again.stderr and "trainable" in again.stderr  # one vocabulary
 
 
 def test_once_says_why_it_cannot_train(tmp_path):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,8 +27,10 @@ from safety.config import SafetyConfig
 from safety.head import BLOCK, WARN, Assessment, SafetyHead
 from safety.metrics import EpisodeEvidence, EvalMetrics, PolicyEpisode, PolicyScores
 from trainer_core.features import EpisodeArrays, EpisodeInfo, Normalizer
+from trainer_core.inputs import ModelInputs
 
 CHUNK = 4096  # rows per forward pass; the preemption flag is checked between chunks
+FRAME_CHUNK = 256  # rows per pass when frames are decoded into the batch (bounded memory)
 SHIFT_CAP = 1e6  # a NaN/Inf prediction shifts "infinitely": capped so the result stays JSON
 
 
@@ -45,16 +48,22 @@ class Policy:
 
 @torch.no_grad()
 def predict(
-    policy: Policy, obs: np.ndarray, device: torch.device, stop: Callable[[], bool]
+    policy: Policy,
+    obs: np.ndarray,
+    device: torch.device,
+    stop: Callable[[], bool],
+    frames: Any = None,
 ) -> np.ndarray:
-    """Raw-unit actions for raw observations ``obs`` (N, O); raises :class:`EvalInterrupted`."""
+    """Raw-unit actions for raw observations ``obs`` (N, O) and their ``frames`` (a
+    FrameStore, camera policies); raises :class:`EvalInterrupted`."""
     policy.model.eval()
-    x = torch.from_numpy(policy.normalizer.norm_obs(obs)).to(device)
+    x = ModelInputs(torch.from_numpy(policy.normalizer.norm_obs(obs)).to(device), frames)
+    chunk = CHUNK if frames is None else FRAME_CHUNK
     out = []
-    for start in range(0, len(x), CHUNK):
+    for start in range(0, len(x), chunk):
         if stop():
             raise EvalInterrupted
-        out.append(policy.model(x[start : start + CHUNK]).float().cpu().numpy())
+        out.append(policy.model(*x.rows(start, start + chunk)).float().cpu().numpy())
     pred = np.concatenate(out) if out else np.zeros((0, len(policy.normalizer.act_names)))
     return policy.normalizer.denorm_act(pred)
 
@@ -183,8 +192,8 @@ def shadow_eval(
     infos = episodes if isinstance(episodes, list) else []
     n_episodes = len(episodes) if isinstance(episodes, list) else episodes
     head = SafetyHead(safety)
-    pred_base = predict(baseline, data.obs, device, stop)
-    pred_cand = predict(candidate, data.obs, device, stop)
+    pred_base = predict(baseline, data.obs, device, stop, data.frames)
+    pred_cand = predict(candidate, data.obs, device, stop, data.frames)
     base = assess_policy(pred_base, data, names, yardstick.act_std, head)
     cand = assess_policy(pred_cand, data, names, yardstick.act_std, head)
     if len(data):

@@ -7,6 +7,7 @@ so the job can skip that episode with a precise reason instead of crashing.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Sequence
@@ -80,6 +81,7 @@ class EpisodeArrays:
     act: np.ndarray  # (T, A) float32, raw units
     proximity: np.ndarray  # (T,) float32 metres, NaN where the step does not say
     episode_start: np.ndarray  # (T,) bool, True on each episode's first step
+    frames: Any = None  # trainer_core.frame_cache.FrameStore (T rows) when images are configured
 
     def __len__(self) -> int:
         return len(self.obs)
@@ -208,7 +210,16 @@ def concat(parts: Sequence[EpisodeArrays], n_obs: int, n_act: int) -> EpisodeArr
         act=np.concatenate([p.act for p in parts]),
         proximity=np.concatenate([p.proximity for p in parts]),
         episode_start=np.concatenate([p.episode_start for p in parts]),
+        frames=_join_frames(parts),
     )
+
+
+def _join_frames(parts: Sequence[EpisodeArrays]) -> Any:
+    if parts[0].frames is None:
+        return None
+    from trainer_core.frame_cache import FrameStore
+
+    return FrameStore.join([p.frames for p in parts])
 
 
 @dataclass
@@ -341,9 +352,13 @@ def read_split(
     features: FeaturesConfig,
     limits: IngestConfig,
     proximity_path: str | None = None,
+    frame_cache: Path | None = None,
     bounds: Bounds | None = None,
 ) -> Split:
     """Read and extract every episode in ``paths`` (in order); skip bad ones with a reason.
+
+    With ``features.images``, each episode's frames are decoded (once, into ``frame_cache``
+    when given) and every frame is checked: one bad frame skips the episode, by name.
     ``bounds``: see :func:`episode_arrays`."""
     from trainer_core.rlds import EpisodeError, read_episode
 
@@ -357,6 +372,13 @@ def read_split(
             episode = read_episode(Path(path), limits)
             part = episode_arrays(episode, features, proximity_path, bounds)
             digest = content_hash(path)
+            if features.images:
+                from trainer_core.frame_cache import cached_frames
+                from trainer_core.frames import episode_frames
+
+                spec = features.images[0]
+                decode_all = functools.partial(episode_frames, episode, spec)
+                part.frames = cached_frames(frame_cache, digest, spec, len(part), decode_all)
         except (EpisodeError, FeatureError, OSError) as exc:
             skipped[str(path)] = str(exc)
             continue

@@ -93,6 +93,13 @@ def _publish(staging: Path, target: Path) -> None:
     fsync_dir(target.parent)
 
 
+def frame_cache_for(spec: JobSpec) -> Path | None:
+    """The shared decoded-frame cache of a camera job (``<state>/frames``), else None."""
+    from trainer_core.frame_cache import cache_dir_for
+
+    return cache_dir_for(spec.run_dir) if spec.features.images else None
+
+
 class Recipe:
     """The job's phases, in order, sharing one state (torchtune style): :meth:`setup`,
     :meth:`load_data`, :meth:`load_models`, :meth:`resume`, :meth:`train`, :meth:`evaluate`,
@@ -156,6 +163,7 @@ class Recipe:
             spec.features,
             spec.ingest,
             self.safety.proximity_path,
+            frame_cache_for(spec),
             self.bounds,
         )
         result.skipped.update(train.skipped)
@@ -241,6 +249,26 @@ class Recipe:
             random.setstate(fresh[3])
             result.notes.append(f"resume checkpoint discarded: {exc}")
 
+    def camera_inputs(self, x: Any) -> Any:
+        """Frames joined to the numeric inputs (camera policies); trunk features once per frame
+        when LoRA lies above a frozen trunk (the note and its time go in the result)."""
+        from trainer_core.inputs import training_inputs
+
+        spec, t = self.spec, time.monotonic()
+        x, note = training_inputs(
+            self.model,
+            self.train_split.arrays,
+            x,
+            spec.features,
+            spec.lora.target_modules,
+            self.normalizer,
+            spec.job.seed,
+        )
+        if note:
+            self.result.notes.append(note)
+            self.result.timings["trunk_cache_s"] = round(time.monotonic() - t, 3)
+        return x
+
     def train(self) -> bool:
         """Train within the budgets; False when there is nothing to evaluate (preempted, with a
         resume checkpoint written, or no step ran)."""
@@ -253,6 +281,7 @@ class Recipe:
         arrays = self.train_split.arrays
         x = torch.from_numpy(self.normalizer.norm_obs(arrays.obs)).to(self.device)
         y = torch.from_numpy(self.normalizer.norm_act(arrays.act)).to(self.device)
+        x = self.camera_inputs(x)
         self.preempt.abort_immediately = False
         if self.preempt.requested:  # arrived between the last check and here
             raise PreemptedNow
@@ -313,7 +342,12 @@ class Recipe:
         emit({"event": "phase", "phase": "eval"})
         t_eval = time.monotonic()
         evals = read_split(
-            spec.eval_episodes, spec.features, spec.ingest, self.safety.proximity_path, self.bounds
+            spec.eval_episodes,
+            spec.features,
+            spec.ingest,
+            self.safety.proximity_path,
+            frame_cache_for(spec),
+            self.bounds,
         )
         result.skipped.update(evals.skipped)
         try:

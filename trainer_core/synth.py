@@ -266,6 +266,10 @@ def write_synthetic_episodes(
 
 def synth_command(args: Any, config: Any) -> int:
     """``continuon-trainer synth``: write synthetic episodes and say where."""
+    if getattr(args, "camera", False):
+        from trainer_core.synth_camera import camera_command
+
+        return camera_command(args)
     paths = write_synthetic_episodes(
         args.out,
         n_episodes=args.episodes,
