@@ -134,11 +134,12 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[JobResult, Path, 
 def test_tiny_gemma3n_learns_the_planner_text_and_is_promotable(trained) -> None:
     result, candidate, _ = trained
     m = result.metrics
-    assert m is not None and m.eval_episodes == 4 and m.eval_steps == 48
+    assert m is not None and m.eval_episodes == 4 and len(m.episodes) == 4
+    assert m.eval_steps == sum(e.steps for e in m.episodes) > 48  # target tokens
     assert m.candidate.mse < 0.5 * m.baseline.mse  # held-out token loss drops
     checks = {c.name: c for c in m.family_checks}
     assert checks["prompt_set"].ok, checks["prompt_set"].text  # no prompt regressed
-    decision = decide(m, PromotionConfig(min_eval_steps=20))
+    decision = decide(m, PromotionConfig(min_eval_steps=20))  # the paired bootstrap
     assert decision.promote, decision.reasons
     card = json.loads((candidate / "card.json").read_text())
     assert card["family"] == "hf-causal-lm" and card["device"] == "cpu"
@@ -167,7 +168,8 @@ def test_the_adapter_reloads_with_peft_identically(trained, tmp_path: Path) -> N
     )
     encoded = [encode(tokenizer, ep, policy.language.max_length) for ep in evals.episodes]
     losses = episode_token_losses(model, encoded, torch.device("cpu"), lambda: False)
-    assert sum(losses) / len(losses) == pytest.approx(result.metrics.candidate.mse, abs=1e-5)
+    pooled = sum(n for n, _ in losses) / sum(t for _, t in losses)
+    assert pooled == pytest.approx(result.metrics.candidate.mse, abs=1e-5)
 
 
 def test_a_hub_id_is_refused_with_a_clear_message(tmp_path: Path) -> None:

@@ -261,8 +261,9 @@ def shifted_token_loss(logits: Any, labels: Any) -> Any:
 
 def episode_token_losses(
     model: Any, encoded: list[tuple[Any, Any]], device: Any, preempted: Callable[[], bool]
-) -> list[float]:
-    """Mean target-token loss per held-out episode (the promotion rule's per-episode evidence)."""
+) -> list[tuple[float, int]]:
+    """(summed target-token loss, target tokens) per held-out episode: the promotion rule's
+    per-episode evidence (sums, so the bootstrap can pool episodes)."""
     import torch
     import torch.nn.functional as F
 
@@ -281,8 +282,7 @@ def episode_token_losses(
                 ignore_index=PAD_LABEL,
                 reduction="sum",
             )
-            tokens = int((labels[:, 1:] != PAD_LABEL).sum())
-            out.append(float(nll) / max(tokens, 1))
+            out.append((float(nll), int((labels[:, 1:] != PAD_LABEL).sum())))
     return out
 
 
@@ -331,20 +331,30 @@ def regressions(baseline: list[float], candidate: list[float]) -> list[int]:
 
 
 def lm_metrics(
-    base_losses: list[float],
-    cand_losses: list[float],
-    eval_pairs: int,
+    base_losses: list[tuple[float, int]],
+    cand_losses: list[tuple[float, int]],
+    episode_ids: list[str],
     baseline_kind: str,
     base_scores: list[float],
     cand_scores: list[float],
 ) -> Any:
-    """:class:`EvalMetrics` for a language model: error = mean per-episode held-out token loss;
-    no numeric actions, so no safety-head rates and no action shift; the prompt set and the
-    per-episode wins are family checks the promotion rule requires."""
-    from safety.metrics import EvalMetrics, FamilyCheck, PolicyScores
+    """:class:`EvalMetrics` for a language model. The error is the target-token loss: each
+    held-out episode is evidence (summed loss over its target tokens, which count as its steps),
+    so the rule's paired bootstrap and margins apply unchanged. No numeric actions: no safety
+    head rates and no action shift. The fixed prompt set is a family check the rule requires."""
+    from safety.metrics import (
+        EpisodeEvidence,
+        EvalMetrics,
+        FamilyCheck,
+        PolicyEpisode,
+        PolicyScores,
+    )
 
-    def scores(losses: list[float]) -> PolicyScores:
-        mean = sum(losses) / len(losses)
+    def side(nll: float) -> PolicyEpisode:
+        return PolicyEpisode(sq_err={"token_loss": nll}, clamp=0, warn=0, block=0, max_risk=0.0)
+
+    def scores(losses: list[tuple[float, int]]) -> PolicyScores:
+        mean = sum(n for n, _ in losses) / max(sum(t for _, t in losses), 1)
         return PolicyScores(
             mse=mean,
             mse_raw=mean,
@@ -356,37 +366,30 @@ def lm_metrics(
             max_risk=0.0,
         )
 
-    worse = regressions(base_scores, cand_scores)
-    wins = sum(c < b for b, c in zip(base_losses, cand_losses, strict=True))
-    per_episode = ", ".join(
-        f"{b:.3f}->{c:.3f}" for b, c in zip(base_losses, cand_losses, strict=True)
-    )
-    checks = [
-        FamilyCheck(
-            name="prompt_set",
-            ok=not worse,
-            text=(
-                f"fixed prompts: candidate {sum(cand_scores):g} vs baseline {sum(base_scores):g} "
-                f"of {len(cand_scores)}"
-                + (f"; regressed on prompts {worse}" if worse else "; none regressed")
-            ),
-        ),
-        FamilyCheck(
-            name="episodes_improved",
-            ok=2 * wins >= len(base_losses),
-            text=f"token loss lower on {wins} of {len(base_losses)} held-out episodes "
-            f"(need at least half): {per_episode}",
-        ),
+    episodes = [
+        EpisodeEvidence(episode_id=eid, steps=tokens, baseline=side(b), candidate=side(c))
+        for eid, (b, tokens), (c, _) in zip(episode_ids, base_losses, cand_losses, strict=True)
     ]
+    worse = regressions(base_scores, cand_scores)
+    prompt_check = FamilyCheck(
+        name="prompt_set",
+        ok=not worse,
+        text=(
+            f"fixed prompts: candidate {sum(cand_scores):g} vs baseline {sum(base_scores):g} "
+            f"of {len(cand_scores)}"
+            + (f"; regressed on prompts {worse}" if worse else "; none regressed")
+        ),
+    )
     return EvalMetrics(
-        eval_steps=eval_pairs,
-        eval_episodes=len(base_losses),
+        eval_steps=sum(e.steps for e in episodes),
+        eval_episodes=len(episodes),
         baseline_kind=baseline_kind,
         baseline=scores(base_losses),
         candidate=scores(cand_losses),
         shift_mean=0.0,
         shift_max=0.0,
-        family_checks=checks,
+        family_checks=[prompt_check],
+        episodes=episodes,
     )
 
 
@@ -474,7 +477,7 @@ def run_lm_job(spec: Any, result: Any, t0: float, preempt: Any, emit: Callable) 
     except LMError as exc:
         raise InvalidJob(str(exc)) from None
     metrics = lm_metrics(
-        base_losses, cand_losses, sum(map(len, evals.episodes)), baseline_kind,
+        base_losses, cand_losses, [p.name for p in evals.paths], baseline_kind,
         base_scores, cand_scores,
     )  # fmt: skip
     result.metrics = metrics
