@@ -83,6 +83,12 @@ class FeaturesConfig(_Section):
     bounds: dict[str, tuple[float, float]] = Field(
         default_factory=lambda: {"steering": (-1.0, 1.0), "throttle": (-1.0, 1.0)}
     )
+    out_of_bounds: Literal["skip", "clip"] = Field(
+        "skip",
+        description="a recorded action outside its bounds (safety.clamp_bounds, else these): "
+        "skip = the episode is not trained on (the reason names file, step and name); "
+        "clip = the action is clipped into its bounds",
+    )
 
     @model_validator(mode="after")
     def _names_unique(self) -> FeaturesConfig:
