@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import faulthandler
+import hashlib
 import os
 import signal
 import sys
@@ -26,7 +27,7 @@ from daemon.config import ConfigError, TrainerConfig, load_config
 from daemon.cycle import Verdict, baseline_of, judge, plan_job
 from daemon.health import HealthWatch, legacy_baseline_note
 from daemon.holding import HoldLog, ProgressLog, blocked_hold, gate_hold, trigger_hold
-from daemon.ingest import scan
+from daemon.ingest import bounds_check, scan
 from daemon.instance import AlreadyRunning, take_instance_lock
 from daemon.ledger import Ledger, LedgerError
 from daemon.lineage import risk_reason
@@ -36,7 +37,7 @@ from daemon.notify import Notifier
 from daemon.precheck import manifest_model_mismatch, read_manifest
 from daemon.runs import clean_runs, resumable_checkpoint
 from daemon.snapshot import decision_entry, job_view, status_line
-from daemon.status import episode_states, write_status
+from daemon.status import episode_states, format_episodes, write_status
 from daemon.store import AdapterStore, StoreError, utc_stamp
 from daemon.supervisor import JobSupervisor, Outcome, reap_orphan
 from daemon.trigger import History, trigger
@@ -54,6 +55,11 @@ WATCHERLESS_RESCAN_S = 5.0  # full rescans this often while the watcher is down
 STORE_RETRY_S = 30.0  # how often an unusable adapter store is looked at again
 
 __all__ = ["AlreadyRunning", "Phase", "Service", "once_command", "run_command"]
+
+
+def features_fingerprint(cfg: TrainerConfig) -> str:
+    """What the features verdicts in the ledger were made under (daemon.ledger UNUSABLE)."""
+    return hashlib.sha256(cfg.features.model_dump_json().encode()).hexdigest()[:16]
 
 
 class Phase(StrEnum):
@@ -135,6 +141,8 @@ class Service:
             folder.mkdir(parents=True, exist_ok=True)
         self._take_instance_lock()
         self.ledger = Ledger.open(cfg.ledger_path)
+        self._accept = bounds_check(cfg)  # features.out_of_bounds: skip, seen by the ledger
+        self._safety_notes: list[str] = []  # looser manifest safety values, logged once
         self.store = AdapterStore(
             cfg.adapters_dir, cfg.paths.manifest, model_name=cfg.policy.model_name
         )
@@ -148,6 +156,9 @@ class Service:
         self.watcher = self._start_watcher()
         # READY before the first scan: a large folder is scanned in slices by the loop, which
         # keeps pinging the watchdog meanwhile.
+        forgotten = self.ledger.features_config(features_fingerprint(cfg))
+        if forgotten:
+            self.log.info("features_changed", unusable_forgotten=forgotten)
         self.counts = self._counts()
         self.reason = "scanning the episodes folder"
         self.notifier.ready(self.status_line())
@@ -289,6 +300,7 @@ class Service:
             self._wall(),
             deadline=time.monotonic() + budget,  # scan measures its slice on the real clock
             only=None if full else changed,
+            accept=self._accept,
         )
         if full:
             # An unfinished slice or settling episodes produce no further events: look again
@@ -457,7 +469,12 @@ class Service:
     def _safety_config(self) -> SafetyConfig:
         if not self.cfg.safety.from_manifest:
             return self.cfg.safety
-        return merge_manifest_safety(self.cfg.safety, self.store.manifest_safety())
+        notes: list[str] = []
+        merged = merge_manifest_safety(self.cfg.safety, self.store.manifest_safety(), notes)
+        if notes and notes != self._safety_notes:  # the configured block is a floor
+            self.log.warning("manifest_safety_loosening_ignored", notes=notes)
+        self._safety_notes = notes
+        return merged
 
     def on_job_end(self, outcome: Outcome) -> None:
         """Record a finished child and decide: resume later, back off, or judge the candidate."""
@@ -478,11 +495,21 @@ class Service:
             self.reason = f"job {run_id} preempted; resumes when the gate opens"
             self._remember(run_id, "preempted", [outcome.reason], result)
             return
+        self._note_unusable(result)
         if status not in ("done", "budget") or result is None or result.candidate_path is None:
             self._fail(run_id, outcome.reason, status)
             return
         self.pending = outcome
         self._judge_pending(self.gate_decision)
+
+    def _note_unusable(self, result: JobResult | None) -> None:
+        """Episodes the features could not use: kept out of training and "new" from now on,
+        each said once with its reason (an operator's features config or data to fix)."""
+        if result is None or not result.skipped:
+            return
+        for path in self.ledger.mark_unusable(dict(result.skipped)):
+            self.log.warning("episode_unusable", episode=path, reason=result.skipped[path])
+        self.counts = self._counts()
 
     def _judge_pending(self, gate: GateDecision | None) -> None:
         """Judge the waiting candidate against the release current now; promote it only while
@@ -534,8 +561,10 @@ class Service:
         self._clean_runs()
         verdict_word = "promoted" if release_id else "rejected"
         self._record_job_end(run_id, status, verdict_word, release_id)
-        log = self.log.info if release_id else self.log.warning
-        log("candidate_" + verdict_word, job_id=run_id, release=release_id, reasons=reasons)
+        # A rejected candidate is the rule doing its job, not a problem: info like a promotion.
+        self.log.info(
+            "candidate_" + verdict_word, job_id=run_id, release=release_id, reasons=reasons
+        )
         self._remember(run_id, verdict_word, reasons, result, release_id)
         self.history = History(last_job_end=now)
         self._cooldown_until = now + self.cfg.service.cooldown_s
@@ -748,7 +777,10 @@ def once_command(args: Any, cfg: TrainerConfig) -> int:
         if started or service.rescanning:
             continue
         if service.phase in (Phase.IDLE, Phase.COOLDOWN):
-            print(f"nothing to do: {service.reason}", file=sys.stderr)
+            print(
+                f"nothing to do: {service.reason} (episodes: {format_episodes(service.counts)})",
+                file=sys.stderr,
+            )
             break
         if service.blocked:
             print(f"cannot train: {service.blocked}", file=sys.stderr)
