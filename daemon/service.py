@@ -394,11 +394,14 @@ class Service:
             baseline,
             safety,
             resumable_checkpoint(cfg.runs_dir),
+            self.ledger.released_hashes(),
         )
         spec = plan.spec
         if spec is None:
             self.phase, self.reason = Phase.IDLE, plan.reason
             return
+        if plan.held_back:
+            self.log.info("eval_held_back", job_id=run_id, episodes=plan.held_back[:20])
         self.ledger.record_job_start(run_id, self._wall(), plan.train_hashes)
         try:
             self.supervisor.start(spec)
@@ -435,6 +438,8 @@ class Service:
             steps=result.steps if result else None,
             elapsed_s=round(outcome.elapsed_s, 2),
         )
+        if result is not None:
+            self._record_child_report(run_id, result)
         if status == "preempted":
             self._record_job_end(run_id, "preempted", None, None)
             self.phase = Phase.ARMED
@@ -446,6 +451,17 @@ class Service:
             return
         self.pending = outcome
         self._judge_pending(self.gate_decision)
+
+    def _record_child_report(self, run_id: str, result: JobResult) -> None:
+        """The ledger keeps what the child actually trained on (its hashes, not the plan), and
+        the episodes it could not use are rejected with its reason: they are not new data."""
+        if result.episode_hashes:
+            self.ledger.record_trained(run_id, result.episode_hashes)
+        for path, reason in result.skipped.items():
+            self.log.warning("episode_skipped_by_job", job_id=run_id, episode=path, reason=reason)
+            self.ledger.mark_unusable(path, f"job {run_id}: {reason}", self._wall())
+        if result.skipped:
+            self.counts = self.ledger.counts()
 
     def _judge_pending(self, gate: GateDecision | None) -> None:
         """Judge the waiting candidate against the release current now; promote it only while

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -250,8 +250,11 @@ def read_split(
     features: FeaturesConfig,
     limits: IngestConfig,
     proximity_path: str | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> Split:
-    """Read and extract every episode in ``paths`` (in order); skip bad ones with a reason."""
+    """Read and extract every episode in ``paths`` (in order); skip bad ones with a reason.
+    ``stop`` is asked before each episode: when it says so, the rest are not read (the caller
+    knows why: a preemption)."""
     from trainer_core.rlds import EpisodeError, read_episode
 
     parts: list[EpisodeArrays] = []
@@ -259,6 +262,8 @@ def read_split(
     hashes: list[str] = []
     skipped: dict[str, str] = {}
     for path in paths:
+        if stop is not None and stop():
+            break
         try:
             episode = read_episode(Path(path), limits)
             parts.append(episode_arrays(episode, features, proximity_path))

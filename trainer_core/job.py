@@ -300,10 +300,16 @@ class Recipe:
         emit({"event": "phase", "phase": "eval"})
         t_eval = time.monotonic()
         evals = read_split(
-            spec.eval_episodes, spec.features, spec.ingest, spec.safety.proximity_path
+            spec.eval_episodes,
+            spec.features,
+            spec.ingest,
+            spec.safety.proximity_path,
+            stop=self.preempt,
         )
         result.skipped.update(evals.skipped)
         try:
+            if self.preempt.requested:  # while the held-out episodes were read
+                raise EvalInterrupted
             self.metrics = shadow_eval(
                 evals.arrays,
                 len(evals.paths),
@@ -317,6 +323,11 @@ class Recipe:
             )
         except EvalInterrupted:
             self._preempted("preempted by SIGTERM during evaluation")
+            return False
+        if self.preempt.requested:
+            # Scored, but the gate closed meanwhile: no candidate now. The resumed job starts
+            # at this step and evaluates again, against the release current by then.
+            self._preempted("preempted by SIGTERM at the end of evaluation")
             return False
         result.metrics = self.metrics
         result.timings["eval_s"] = round(time.monotonic() - t_eval, 3)
