@@ -62,6 +62,7 @@ class LoggingConfig(_Section):
 
     level: str = Field("info", pattern="^(debug|info|warning|error)$")
     format: str = Field("auto", pattern="^(auto|console|json)$")
+    progress_every_s: float = Field(30.0, gt=0, description="job_progress line while training")
 
 
 class TrainerConfig(_Section):

@@ -219,7 +219,9 @@ def _process(
     try:
         digest = content_hash(path, stat.files or None)
     except OSError as exc:
-        _reject(ledger, report, key, f"cannot read ({exc})", signature=stat.signature, now=now)
+        # The card's fault (EIO), not the episode's: no signature is recorded, so the next scan
+        # reads it again and it is recorded as soon as the card reads again.
+        _reject(ledger, report, key, f"cannot read ({exc})", signature=None, now=now)
         return
     if known_hash is not None and known_hash == digest:
         ledger.update_signature(key, stat.signature, now)

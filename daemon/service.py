@@ -1,4 +1,5 @@
-"""The service loop (DESIGN §9): one thread that scans, gates, runs one job at a time and promotes.
+"""The service loop (architecture §9): one thread that scans, gates, runs one job at a time
+and promotes.
 
 States: idle -> armed (data ready, waiting for the gate) -> training -> evaluating -> promoting ->
 cooldown; a preempted job goes back to armed and resumes from its checkpoint. Each iteration:
@@ -24,15 +25,17 @@ from typing import Any
 from daemon.config import ConfigError, TrainerConfig, load_config
 from daemon.cycle import Verdict, baseline_of, judge, plan_job
 from daemon.health import HealthWatch, legacy_baseline_note
+from daemon.holding import HoldLog, ProgressLog, blocked_hold, gate_hold, trigger_hold
 from daemon.ingest import scan
 from daemon.instance import AlreadyRunning, take_instance_lock
 from daemon.ledger import Ledger, LedgerError
 from daemon.logs import configure_logging, get_logger
+from daemon.metrics import gather, write_textfile
 from daemon.notify import Notifier
 from daemon.precheck import manifest_model_mismatch, read_manifest
 from daemon.runs import clean_runs, resumable_checkpoint
 from daemon.snapshot import decision_entry, job_view, status_line
-from daemon.status import write_status
+from daemon.status import episode_states, write_status
 from daemon.store import AdapterStore, StoreError, utc_stamp
 from daemon.supervisor import JobSupervisor, Outcome, reap_orphan
 from daemon.trigger import History, trigger
@@ -84,6 +87,10 @@ class Service:
         self._monotonic = monotonic
         self._wall = wall
         self.log = get_logger()
+        self.holds = HoldLog(self.log)
+        self.progress_log = ProgressLog(cfg.logging.progress_every_s)
+        self._settling = 0
+        self._metrics_error: str | None = None
         self.notifier = Notifier(environ, os.getpid(), monotonic)
         self.supervisor = JobSupervisor(cfg.state_dir, environ, monotonic=monotonic)
         self.phase = Phase.IDLE
@@ -140,7 +147,7 @@ class Service:
         self.watcher = self._start_watcher()
         # READY before the first scan: a large folder is scanned in slices by the loop, which
         # keeps pinging the watchdog meanwhile.
-        self.counts = self.ledger.counts()
+        self.counts = self._counts()
         self.reason = "scanning the episodes folder"
         self.notifier.ready(self.status_line())
         self.log.info(
@@ -298,6 +305,8 @@ class Service:
             self._next_rescan = now
         elif report.pending:
             self._next_rescan = min(self._next_rescan, now + self.cfg.ingest.settle_s / 2 + 0.1)
+        if full or report.pending:
+            self._settling = report.pending  # a partial scan sees only the names it was given
         if report.error != self._scan_error:
             if report.error:
                 self.log.error("episodes_folder_unreadable", error=report.error)
@@ -308,13 +317,17 @@ class Service:
             self.log.info(
                 "episodes_scanned", new=report.new, changed=report.changed, entries=len(changed)
             )
-        self.counts = self.ledger.counts()
+        self.counts = self._counts()
 
     def _log_gate_change(self, decision: GateDecision) -> None:
         if decision.open != self._gate_open:
             self._gate_open = decision.open
-            log = self.log.info if decision.open else self.log.warning
-            log("gate_opened" if decision.open else "gate_closed", gate_reasons=decision.reasons)
+            # A closed gate is normal operation (teleop, charging): info, never a warning.
+            self.log.info(
+                "gate_opened" if decision.open else "gate_closed",
+                gate_reasons=decision.reasons,
+                **({"ignored": "once --force"} if self._force else {}),
+            )
 
     # -- state machine -----------------------------------------------------------------------
 
@@ -331,6 +344,7 @@ class Service:
                 self.phase = (
                     Phase.EVALUATING if self.supervisor.progress.phase == "eval" else Phase.TRAINING
                 )
+                self._log_progress(now)
             return
         if self.pending is not None:
             self._judge_pending(gate)
@@ -343,21 +357,43 @@ class Service:
             self.history.last_failure,
             len(self.jobs_started),
         )
-        trig = trigger(
-            self.counts.get("new", 0), self.counts.get("train", 0), now, history, self.cfg.service
-        )
+        trainable = (episode_states(self.counts) or {}).get("trainable", 0)
+        trig = trigger(self.counts.get("new", 0), trainable, now, history, self.cfg.service)
         if not trig.ready:
             self.phase = Phase.COOLDOWN if now < self._cooldown_until else Phase.IDLE
             self.reason = trig.reason
+            self.holds.update(trigger_hold(trig.reason, self.counts.get("settling", 0)))
             return
         self.phase = Phase.ARMED
         self.blocked = self._blocked()
         if self.blocked:
             self.reason = f"{trig.reason}; {self.blocked}"
+            self.holds.update(blocked_hold(self.blocked))
         elif gate.open or self._force:
+            self.holds.update(None)
             self.start_job()
         else:
             self.reason = f"{trig.reason}; gate {gate.summary()}"
+            self.holds.update(gate_hold(gate.summary()))
+
+    def _counts(self) -> dict[str, int]:
+        """The ledger's counts plus the episodes still settling (the last scan's)."""
+        return {**self.ledger.counts(), "settling": self._settling}
+
+    def _log_progress(self, now: float) -> None:
+        """A job_progress line every logging.progress_every_s (daemon.holding)."""
+        p, spec = self.supervisor.progress, self.supervisor.spec
+        if spec is not None:
+            self.progress_log.maybe_log(
+                self.log,
+                spec.run_id,
+                p.step,
+                p.max_steps,
+                p.loss,
+                p.phase,
+                now,
+                self.cfg.job.batch_size,
+            )
 
     def _blocked(self) -> str | None:
         """What keeps a job from starting that only an operator can fix, if anything."""
@@ -524,7 +560,7 @@ class Service:
     ) -> None:
         """Record a job's end and refresh the counts the trigger reads (``new`` changes)."""
         self.ledger.record_job_end(run_id, status, decision, release_id, self._wall())
-        self.counts = self.ledger.counts()
+        self.counts = self._counts()
 
     def _fail(self, run_id: str, reason: str, status: str = "crashed") -> None:
         now = self._monotonic()
@@ -604,10 +640,27 @@ class Service:
         )
         if key != self._last_status_key or now - self._last_status_write >= STATUS_EVERY_S:
             self._last_status_key, self._last_status_write = key, now
+            snapshot = self.snapshot()
             try:
-                write_status(self.cfg.status_path, self.snapshot())
+                write_status(self.cfg.status_path, snapshot)
             except (OSError, ValueError) as exc:
                 self.log.error("status_write_failed", error=str(exc))
+            self._write_metrics(snapshot)
+
+    def _write_metrics(self, snapshot: dict[str, Any]) -> None:
+        """The Prometheus textfile beside the status file, when configured (daemon.metrics)."""
+        path = self.cfg.metrics.textfile
+        if path is None:
+            return
+        try:
+            write_textfile(path, gather(snapshot, self.ledger, self.store))
+            error = None
+        except (OSError, ValueError) as exc:
+            error = str(exc)
+        if error != self._metrics_error:  # said once, not at every write
+            self._metrics_error = error
+            if error:
+                self.log.warning("metrics_write_failed", path=str(path), error=error)
 
     def reload(self) -> None:
         """SIGHUP: take a new config if it is valid; otherwise keep the old one and say why."""

@@ -35,7 +35,7 @@ def test_every_crash_state_recovers(tmp_path: Path, name: str) -> None:
 @pytest.mark.parametrize(
     ("broken", "name"),
     [("no-dir-fsync", "promotion"), ("rename-before-fsync", "promotion"),
-     ("rename-before-fsync", "status")],
+     ("rename-before-fsync", "status"), ("plain-mkdir", "promotion-first")],
 )  # fmt: skip
 def test_checker_finds_a_broken_atomic_writer(tmp_path: Path, broken: str, name: str) -> None:
     report = run_scenario(name, tmp_path, models=("strict",), broken=broken, max_combos=40)

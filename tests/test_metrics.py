@@ -73,3 +73,62 @@ def test_written_atomically_and_world_readable(tmp_path: Path):
     assert path.stat().st_mode & 0o777 == 0o644
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp file left
     assert samples(path.read_text())
+
+
+def test_the_daemon_writes_the_file_and_it_changes_as_a_job_runs(tmp_path: Path):
+    from tests.daemon_harness import cli, make_root, start_daemon, stop, synth, wait_until
+
+    prom = tmp_path / "textfile" / "continuon_trainer.prom"
+    prom.parent.mkdir()
+    root, config = make_root(
+        tmp_path,
+        extra={"metrics": {"textfile": str(prom)}, "job": {"max_steps": 600}},
+        mode="idle",
+    )
+    cli(root, "--config", str(config), "base", "init")
+    synth(root, root / "rlds" / "episodes", "--episodes", "8", "--steps", "60", "--seed", "3")
+    log = root / "daemon.log"
+    seen: list[dict] = []
+
+    def read() -> dict:
+        try:
+            got = samples(prom.read_text())
+        except (OSError, ValueError):
+            return {}
+        seen.append(got)
+        return got
+
+    proc = start_daemon(root, config)
+    try:
+        running = wait_until(
+            lambda: (
+                (g := read()).get(("continuon_trainer_job_running", ())) == 1
+                and g.get(("continuon_trainer_job_step", ()), 0) > 0
+                and g
+            ),
+            120,
+            "a running job in the textfile",
+            log,
+        )
+        assert running[("continuon_trainer_gate_open", ())] == 1
+        assert running[("continuon_trainer_episodes", (("state", "trainable"),))] > 0
+        done = wait_until(
+            lambda: (
+                (g := read()).get(("continuon_trainer_job_running", ())) == 0
+                and any(k[0] == "continuon_trainer_decisions_total" for k in g)
+                and g
+            ),
+            180,
+            "a decision in the textfile",
+            log,
+        )
+    finally:
+        stop(proc)
+    verdicts = {
+        k[1][0][1]: v for k, v in done.items() if k[0] == "continuon_trainer_decisions_total"
+    }
+    assert sum(verdicts.values()) == 1
+    steps = [g.get(("continuon_trainer_job_step", ())) for g in seen]
+    assert len({s for s in steps if s}) >= 1  # the step moved while the job ran
+    if verdicts.get("promoted"):
+        assert done[("continuon_trainer_last_successful_cycle_timestamp_seconds", ())] > 0

@@ -25,6 +25,11 @@ from trainer_core.fsio import TEMP_PREFIX
 REPO = Path(__file__).resolve().parents[2]
 
 BROKEN = {
+    # the store before the fix: releases/ made by a plain mkdir, its entry never fsynced
+    "plain-mkdir": (
+        "import daemon.store as S\n"
+        "S.mkdirs_durable = lambda path: path.mkdir(parents=True, exist_ok=True)\n"
+    ),
     # the directory fsync removed: renames and creates are never made durable
     "no-dir-fsync": (
         "import trainer_core.fsio as F, daemon.store as S\n"
