@@ -497,7 +497,7 @@ class Service:
             self.log.warning("episode_skipped_by_job", job_id=run_id, episode=path, reason=reason)
             self.ledger.mark_unusable(path, f"job {run_id}: {reason}", self._wall())
         if result.skipped:
-            self.counts = self.ledger.counts()
+            self.counts = self._counts()
 
     def _judge_pending(self, gate: GateDecision | None) -> None:
         """Judge the waiting candidate against the release current now; promote it only while
