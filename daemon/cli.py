@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("validate", "daemon.ingest:validate_command", "check episodes; never modifies them")
     p.add_argument("paths", nargs="+", type=Path, help="episodes or folders of episodes")
     p.add_argument("--json", action="store_true", help="one JSON list of verdicts")
+    p.add_argument(
+        "--ledger", action="store_true", help="also what the ledger says (status, quarantine)"
+    )
 
     base = add("base", "", "base policy commands")
     base_sub = base.add_subparsers(dest="base_verb", required=True, metavar="ACTION")

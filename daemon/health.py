@@ -16,10 +16,13 @@ Like the gate, it reads sources at the file-system boundary and decides with pur
 Every release keeps its own counts while it is current (``state/health.json``), so a new
 release on probation is compared with its predecessor over their own autonomous time. Verdict
 (:func:`judge`): an e-stop during probation rolls back at once (``rollback_on_estop``); a rate
-(interventions, e-stops, safety events per autonomous hour) worse than the predecessor's at
-``confidence`` by a one-sided conditional binomial test of the two Poisson rates (given
-``n = x_new + x_old`` events, ``x_new ~ Binomial(n, t_new / (t_new + t_old))`` if the rates are
-equal) rolls back; ``confirm_after_autonomous_s`` of autonomous time without either confirms.
+(interventions, e-stops, safety events per autonomous hour) worse than the predecessor's rolls
+back when two tests agree: a one-sided conditional binomial test of the two Poisson rates at
+``confidence`` (given ``n = x_new + x_old`` events, ``x_new ~ Binomial(n, t_new / (t_new +
+t_old))`` if the rates are equal), and Wald's sequential probability ratio test of
+``detect_ratio`` x the predecessor's rate (``confidence``, ``power``), whose boundary keeps false
+rollbacks near ``1 - confidence`` although the window judges at every poll;
+``confirm_after_autonomous_s`` of autonomous time without either confirms.
 A rolled-back release is marked bad in the store (never made current again automatically) and
 the episodes first seen while it ran are tagged in the ledger (excluded from training unless
 ``exclude_tagged_episodes`` is false). No torch here: the daemon imports this.
@@ -60,8 +63,14 @@ class HealthConfig(BaseModel):
     enabled: bool = True
     mode_file: Path | None = Field(None, description="default: the gate's mode file")
     runtime_file: Path | None = Field(None, description="runtime health counters (JSON)")
-    confirm_after_autonomous_s: float = Field(1800.0, gt=0)
+    confirm_after_autonomous_s: float = Field(
+        7200.0, gt=0, description="2 h: a doubling of 6 takeovers/h is caught ~80% of the time"
+    )
     confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    detect_ratio: float = Field(
+        2.0, gt=1.0, description="the rate ratio (new / predecessor) the window is sized to catch"
+    )
+    power: float = Field(0.8, gt=0.5, lt=1.0, description="SPRT: chance of catching that ratio")
     rollback_on_estop: bool = True
     exclude_tagged_episodes: bool = True
     max_gap_s: float = Field(
@@ -83,7 +92,25 @@ def upper_tail_p(x_new: int, t_new: float, x_old: int, t_old: float) -> float:
     if n == 0 or t_new <= 0 or t_old <= 0:
         return 1.0
     p = t_new / (t_new + t_old)
-    return min(1.0, sum(math.comb(n, k) * p**k * (1 - p) ** (n - k) for k in range(x_new, n + 1)))
+    log_p, log_q = math.log(p), math.log1p(-p)
+    log_n = math.lgamma(n + 1)
+    # in log space: math.comb of thousands of events overflows a float
+    terms = (
+        log_n - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * log_p + (n - k) * log_q
+        for k in range(x_new, n + 1)
+    )
+    return min(1.0, sum(math.exp(t) for t in terms))
+
+
+def sprt_worse(x_new: int, t_new: float, x_old: int, t_old: float, cfg: HealthConfig) -> bool:
+    """Wald's sequential test of "rate x detect_ratio" against "the predecessor's rate": the
+    window judges at every poll, and a fixed-sample test looked at that often rolls back good
+    releases far more often than ``1 - confidence``; the SPRT's boundary keeps that share near
+    it. The predecessor's rate is estimated with half an event added (never zero)."""
+    rate_old = (x_old + 0.5) / t_old
+    ratio = cfg.detect_ratio
+    llr = x_new * math.log(ratio) - (ratio - 1.0) * rate_old * t_new
+    return llr >= math.log(cfg.power / (1.0 - cfg.confidence))
 
 
 def judge(new: dict[str, float], old: dict[str, float] | None, cfg: HealthConfig) -> Verdict:
@@ -98,7 +125,7 @@ def judge(new: dict[str, float], old: dict[str, float] | None, cfg: HealthConfig
             if x_new / max(t_new, 1e-9) <= x_old / t_old:
                 continue
             p = upper_tail_p(x_new, t_new, x_old, t_old)
-            if p < 1.0 - cfg.confidence:
+            if p < 1.0 - cfg.confidence and sprt_worse(x_new, t_new, x_old, t_old, cfg):
                 return Verdict(
                     "rollback",
                     f"{kind} {x_new} in {t_new / 60:.1f} autonomous min vs the predecessor's "
@@ -243,6 +270,7 @@ class HealthWatch:
                     if watched
                     else "running since the trainer first saw it"
                 ),
+                "mandatory": bool(watched and legacy_before),
                 "predecessor": previous if watched else None,
                 "legacy": current.legacy,
                 "since": now,
@@ -255,7 +283,11 @@ class HealthWatch:
                 self.log.info("health_probation", release=current.id, predecessor=previous)
         if previous != current.id:
             left = releases.get(previous or "")
-            if left is not None and left["state"] == "probation":
+            bad = self.store.marks()["bad"].get(previous or "")
+            if left is not None and left["state"] == "probation" and bad is not None:
+                # our rollback was killed before this state was saved: finish its bookkeeping
+                self._after_rollback(previous, left, bad["reason"], current.id, now)
+            elif left is not None and left["state"] == "probation":
                 left.update(state="superseded", reason=f"{current.id} became current on probation")
             self.state["watching"] = current.id
             self._last_poll = None
@@ -307,7 +339,13 @@ class HealthWatch:
         except (OSError, StoreError) as exc:  # stays on probation; tried again next poll
             self.log.error("health_rollback_failed", release=rid, reason=reason, error=str(exc))
             return
-        rec.update(state="rolled_back", reason=reason, ended=now, rolled_back_to=back.id)
+        self._after_rollback(rid, rec, reason, back.id, now)
+
+    def _after_rollback(
+        self, rid: str, rec: dict[str, Any], reason: str, to: str, now: float
+    ) -> None:
+        """Record the rollback and tag the episodes first seen while ``rid`` ran."""
+        rec.update(state="rolled_back", reason=reason, ended=now, rolled_back_to=to)
         tagged = self.ledger.episodes_seen_between(rec["since"], now)
         for path, digest in tagged:
             self.ledger.exclude(
@@ -318,9 +356,7 @@ class HealthWatch:
                 now,
                 active=self.hcfg.exclude_tagged_episodes,
             )
-        self.log.error(
-            "health_rolled_back", release=rid, to=back.id, reason=reason, tagged=len(tagged)
-        )
+        self.log.error("health_rolled_back", release=rid, to=to, reason=reason, tagged=len(tagged))
 
     def _save(self) -> None:
         """Write the state when a count or verdict changed, else at most every SAVE_EVERY_S

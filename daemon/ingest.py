@@ -430,6 +430,10 @@ def validate_command(args: Any, config: Any) -> int:
         if not targets:
             print(f"no episodes in {raw}", file=sys.stderr)
         results.extend(check_one(p, why, limits) for p, why in targets)
+    if getattr(args, "ledger", False):
+        from daemon.lineage import add_ledger_view
+
+        add_ledger_view(config, results)
     if getattr(args, "json", False):
         print(json.dumps(results, indent=2))
     else:
@@ -438,4 +442,6 @@ def validate_command(args: Any, config: Any) -> int:
                 print(f"OK {r['path']} ({describe(r['steps'], r['layout'])})")
             else:
                 print(f"REJECTED {r['path']}: {r['reason']}")
+            if r.get("ledger"):
+                print(f"  ledger: {r['ledger']}")
     return 0 if results and all(r["ok"] for r in results) else 1

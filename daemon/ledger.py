@@ -28,6 +28,10 @@ _EXCLUDED = (
     "EXISTS (SELECT 1 FROM exclusions x WHERE x.active = 1 AND "
     "(x.path = e.path OR x.content_hash = e.content_hash))"
 )
+# A valid episode the job's feature extraction could not use (the child's ``skipped``): kept
+# out of training and of the "new" count until it changes (a rescan records it afresh).
+UNUSABLE_PREFIX = "features: "
+_UNUSABLE = f"(COALESCE(e.reason, '') LIKE '{UNUSABLE_PREFIX}%')"  # NULL: usable
 # Whether episode ``e`` was trained on by a job that ran to the end (parameters: the statuses).
 _USED_BY_A_FINISHED_JOB = (
     "EXISTS (SELECT 1 FROM job_episodes je JOIN jobs j ON j.run_id = je.run_id "
@@ -300,7 +304,7 @@ class Ledger:
         first."""
         rows = self._db.execute(
             "SELECT path, episode_id, content_hash, n_steps, first_seen FROM episodes e "
-            f"WHERE status = 'valid' AND split = ? AND NOT {_EXCLUDED} "
+            f"WHERE status = 'valid' AND split = ? AND NOT {_EXCLUDED} AND NOT {_UNUSABLE} "
             f"ORDER BY {_USED_BY_A_FINISHED_JOB}, "
             "first_seen DESC, path",
             (split, *FINISHED_JOB_STATUSES),
@@ -311,7 +315,7 @@ class Ledger:
         """Valid train episodes that no finished job (``done``/``budget``) trained on."""
         row = self._db.execute(
             "SELECT COUNT(*) FROM episodes e WHERE e.status = 'valid' AND e.split = 'train' "
-            f"AND NOT {_EXCLUDED} AND NOT {_USED_BY_A_FINISHED_JOB}",
+            f"AND NOT {_EXCLUDED} AND NOT {_UNUSABLE} AND NOT {_USED_BY_A_FINISHED_JOB}",
             FINISHED_JOB_STATUSES,
         ).fetchone()
         return int(row[0])
@@ -330,12 +334,46 @@ class Ledger:
         out["excluded"] = self._db.execute(
             f"SELECT COUNT(*) FROM episodes e WHERE status != 'gone' AND {_EXCLUDED}"
         ).fetchone()[0]
+        out["unusable"] = self._db.execute(
+            f"SELECT COUNT(*) FROM episodes e WHERE status = 'valid' AND split = 'train' "
+            f"AND {_UNUSABLE} AND NOT {_EXCLUDED}"
+        ).fetchone()[0]
         # Valid train episodes under quarantine: not trainable (daemon.status.episode_states).
         out["train_excluded"] = self._db.execute(
             "SELECT COUNT(*) FROM episodes e WHERE status = 'valid' AND split = 'train' "
             f"AND {_EXCLUDED}"
         ).fetchone()[0]
         return out
+
+    def mark_unusable(self, reasons: dict[str, str]) -> list[str]:
+        """Record why the features could not use these valid episodes (path -> reason, from a
+        job's result); returns the paths newly marked. The verdict stays ``valid``."""
+        marked = []
+        with self._db:
+            for path, reason in reasons.items():
+                cur = self._db.execute(
+                    "UPDATE episodes SET reason = ? WHERE path = ? AND status = 'valid' "
+                    "AND (reason IS NULL OR reason != ?)",
+                    (UNUSABLE_PREFIX + reason, path, UNUSABLE_PREFIX + reason),
+                )
+                if cur.rowcount:
+                    marked.append(path)
+        return marked
+
+    def features_config(self, fingerprint: str) -> int:
+        """Forget every features verdict when the features config is not the one they were made
+        under (``fingerprint``); returns how many were forgotten."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'features'").fetchone()
+        if row is not None and row[0] == fingerprint:
+            return 0
+        with self._db:
+            cur = self._db.execute(
+                f"UPDATE episodes SET reason = NULL WHERE reason LIKE '{UNUSABLE_PREFIX}%'"
+            )
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('features', ?)", (fingerprint,)
+            )
+        return cur.rowcount
 
     def job_tallies(self) -> dict[str, Any]:
         """Ended jobs by ``status`` and by ``decision`` (verdict), and the last time a job
@@ -491,16 +529,6 @@ class Ledger:
             "WHERE j.release_id IS NOT NULL"
         )
         return {r[0] for r in rows}
-
-    def mark_unusable(self, path: str, reason: str, now: float) -> None:
-        """A valid episode the job child could not use: rejected with the child's reason (its
-        stat signature is kept, so only an edit makes the next scan look at it again)."""
-        with self._db:
-            self._db.execute(
-                "UPDATE episodes SET status = 'rejected', reason = ?, last_seen = ? "
-                "WHERE path = ? AND status = 'valid'",
-                (reason, now, path),
-            )
 
     def last_jobs(self, limit: int = 10) -> list[JobRow]:
         """The most recent jobs, newest first."""

@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from daemon.config import TrainerConfig
@@ -152,3 +153,42 @@ def releases_show_command(args: argparse.Namespace, config: TrainerConfig) -> in
         return _fail(str(exc))
     print(json.dumps(info, indent=2, default=str))
     return 0
+
+
+def risk_reason(risky: list[dict[str, Any]]) -> list[str]:
+    """The decision's line naming the episodes to look at (empty when none stands out)."""
+    if not risky:
+        return []
+    names = ", ".join(
+        f"{r['path']} ({r['out_of_bounds']:.0%} out of bounds, "
+        f"{r['acting_near_person']:.0%} acting near a person)"
+        for r in risky
+    )
+    return [f"NOTE episodes: the training episodes most toward the safety checks: {names}"]
+
+
+def add_ledger_view(config: TrainerConfig, results: list[dict[str, Any]]) -> None:
+    """``validate --ledger``: each result gets ``ledger``, the ledger's word on that path
+    (status, reason, quarantine), or why there is none."""
+    if not config.ledger_path.exists():
+        for r in results:
+            r["ledger"] = f"no ledger at {config.ledger_path}"
+        return
+    try:
+        with _open(config) as ledger:
+            quarantined = {x[0]: x for x in ledger.exclusions()}
+            hashes = {x[1]: x for x in ledger.exclusions() if x[1]}
+            for r in results:
+                row = ledger.episode(str(Path(r["path"]).absolute()))
+                if row is None:
+                    r["ledger"] = "not in the ledger"
+                    continue
+                path, _eid, digest, status, reason = row[:5]
+                text = status + (f" ({reason})" if reason else "")
+                excluded = quarantined.get(path) or hashes.get(digest)
+                if excluded:
+                    text += f", EXCLUDED: {excluded[2]} [{excluded[3]}]"
+                r["ledger"] = text
+    except LedgerError as exc:
+        for r in results:
+            r["ledger"] = f"ledger unusable: {exc}"

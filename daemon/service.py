@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import faulthandler
+import hashlib
 import os
 import signal
 import sys
@@ -29,13 +30,14 @@ from daemon.holding import HoldLog, ProgressLog, blocked_hold, gate_hold, trigge
 from daemon.ingest import scan
 from daemon.instance import AlreadyRunning, take_instance_lock
 from daemon.ledger import Ledger, LedgerError
+from daemon.lineage import risk_reason
 from daemon.logs import configure_logging, get_logger
 from daemon.metrics import gather, write_textfile
 from daemon.notify import Notifier
 from daemon.precheck import manifest_model_mismatch, read_manifest
 from daemon.runs import clean_runs, resumable_checkpoint
 from daemon.snapshot import decision_entry, job_view, status_line
-from daemon.status import episode_states, write_status
+from daemon.status import episode_states, format_episodes, write_status
 from daemon.store import AdapterStore, StoreError, utc_stamp
 from daemon.supervisor import JobSupervisor, Outcome, reap_orphan
 from daemon.trigger import History, trigger
@@ -53,6 +55,11 @@ WATCHERLESS_RESCAN_S = 5.0  # full rescans this often while the watcher is down
 STORE_RETRY_S = 30.0  # how often an unusable adapter store is looked at again
 
 __all__ = ["AlreadyRunning", "Phase", "Service", "once_command", "run_command"]
+
+
+def features_fingerprint(cfg: TrainerConfig) -> str:
+    """What the features verdicts in the ledger were made under (daemon.ledger UNUSABLE)."""
+    return hashlib.sha256(cfg.features.model_dump_json().encode()).hexdigest()[:16]
 
 
 class Phase(StrEnum):
@@ -147,6 +154,9 @@ class Service:
         self.watcher = self._start_watcher()
         # READY before the first scan: a large folder is scanned in slices by the loop, which
         # keeps pinging the watchdog meanwhile.
+        forgotten = self.ledger.features_config(features_fingerprint(cfg))
+        if forgotten:
+            self.log.info("features_changed", unusable_forgotten=forgotten)
         self.counts = self._counts()
         self.reason = "scanning the episodes folder"
         self.notifier.ready(self.status_line())
@@ -482,6 +492,7 @@ class Service:
             self.reason = f"job {run_id} preempted; resumes when the gate opens"
             self._remember(run_id, "preempted", [outcome.reason], result)
             return
+        self._note_unusable(result)
         if status not in ("done", "budget") or result is None or result.candidate_path is None:
             self._fail(run_id, outcome.reason, status)
             return
@@ -489,15 +500,19 @@ class Service:
         self._judge_pending(self.gate_decision)
 
     def _record_child_report(self, run_id: str, result: JobResult) -> None:
-        """The ledger keeps what the child actually trained on (its hashes, not the plan), and
-        the episodes it could not use are rejected with its reason: they are not new data."""
+        """The ledger keeps what the child actually trained on (its hashes, not the plan): an
+        episode it skipped, or whose bytes changed before it read them, is not counted as used."""
         if result.episode_hashes:
             self.ledger.record_trained(run_id, result.episode_hashes)
-        for path, reason in result.skipped.items():
-            self.log.warning("episode_skipped_by_job", job_id=run_id, episode=path, reason=reason)
-            self.ledger.mark_unusable(path, f"job {run_id}: {reason}", self._wall())
-        if result.skipped:
-            self.counts = self._counts()
+
+    def _note_unusable(self, result: JobResult | None) -> None:
+        """Episodes the features could not use: kept out of training and "new" from now on,
+        each said once with its reason (an operator's features config or data to fix)."""
+        if result is None or not result.skipped:
+            return
+        for path in self.ledger.mark_unusable(dict(result.skipped)):
+            self.log.warning("episode_unusable", episode=path, reason=result.skipped[path])
+        self.counts = self._counts()
 
     def _judge_pending(self, gate: GateDecision | None) -> None:
         """Judge the waiting candidate against the release current now; promote it only while
@@ -525,6 +540,8 @@ class Service:
         """Promote (``verdict.action == "promote"``) or reject the candidate; cool down."""
         now = self._monotonic()
         reasons = verdict.reasons + legacy_baseline_note(self.store.current())
+        if verdict.action != "promote":
+            reasons += risk_reason(result.episode_risk)
         release_id = None
         if verdict.action == "promote":
             assert result.candidate_path is not None
@@ -547,8 +564,10 @@ class Service:
         self._clean_runs()
         verdict_word = "promoted" if release_id else "rejected"
         self._record_job_end(run_id, status, verdict_word, release_id)
-        log = self.log.info if release_id else self.log.warning
-        log("candidate_" + verdict_word, job_id=run_id, release=release_id, reasons=reasons)
+        # A rejected candidate is the rule doing its job, not a problem: info like a promotion.
+        self.log.info(
+            "candidate_" + verdict_word, job_id=run_id, release=release_id, reasons=reasons
+        )
         self._remember(run_id, verdict_word, reasons, result, release_id)
         self.history = History(last_job_end=now)
         self._cooldown_until = now + self.cfg.service.cooldown_s
@@ -761,7 +780,10 @@ def once_command(args: Any, cfg: TrainerConfig) -> int:
         if started or service.rescanning:
             continue
         if service.phase in (Phase.IDLE, Phase.COOLDOWN):
-            print(f"nothing to do: {service.reason}", file=sys.stderr)
+            print(
+                f"nothing to do: {service.reason} (episodes: {format_episodes(service.counts)})",
+                file=sys.stderr,
+            )
             break
         if service.blocked:
             print(f"cannot train: {service.blocked}", file=sys.stderr)

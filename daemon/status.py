@@ -138,6 +138,7 @@ def episode_states(counts: dict[str, Any] | None) -> dict[str, int] | None:
         "rejected": n("rejected"),
         "excluded": n("excluded"),
         "new": n("new"),
+        "unusable": n("unusable"),
     }
 
 
@@ -150,6 +151,10 @@ def format_episodes(counts: dict[str, Any] | None) -> str:
         f"{states['valid']} valid ({states['trainable']} trainable / {states['held_out']} "
         f"held out), {states['settling']} settling, {states['rejected']} rejected, "
         f"{states['excluded']} excluded, {states['new']} new"
+    ) + (
+        f", {states['unusable']} unusable by the features (journal: episode_unusable)"
+        if states["unusable"]
+        else ""
     )
 
 

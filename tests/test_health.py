@@ -13,13 +13,14 @@ from daemon.health import (
     HealthConfig,
     HealthWatch,
     judge,
+    legacy_baseline_note,
     minutes_to_detect_doubling,
     upper_tail_p,
 )
 from daemon.ledger import Ledger
 from daemon.logs import get_logger
 from daemon.store import AdapterStore
-from tests.test_store import card, make_candidate, sample_manifest
+from tests.test_store import card, make_candidate, sample_manifest, write_legacy
 
 CFG = HealthConfig(confirm_after_autonomous_s=600)
 
@@ -146,3 +147,40 @@ def test_watcher_rolls_back_on_an_emergency_stop(robot, tmp_path) -> None:
     drive(root, watch, clock, [("autonomous", 5), ("emergency_stop", 1)])
     assert store.current().id == r1
     assert store.marks()["bad"][r2]["reason"].startswith("health window: emergency stop")
+
+
+def test_a_rollback_killed_before_the_state_was_saved_is_recorded_on_restart(robot, tmp_path):
+    root, cfg, store, ledger, watch, clock = robot
+    r1 = store.promote(make_candidate(tmp_path, "a"), card()).id
+    drive(root, watch, clock, [("idle", 1)])
+    r2 = store.promote(make_candidate(tmp_path, "b"), card()).id
+    drive(root, watch, clock, [("idle", 1)])
+    assert watch.snapshot()["state"] == "probation"
+    watch._saved_key = None
+    watch._save()
+    # the store's rollback happened, then SIGKILL before health.json was rewritten
+    store.rollback(mark_bad="health window: interventions worse")
+    again = HealthWatch(cfg, store, ledger, get_logger(), wall=lambda: clock[0])
+    again.poll()
+    assert again.state["releases"][r2]["state"] == "rolled_back"
+    assert again.state["releases"][r2]["rolled_back_to"] == r1
+
+
+def test_the_first_release_after_a_legacy_adapter_has_a_mandatory_window(robot, tmp_path):
+    root, cfg, store, ledger, _watch, clock = robot
+    off = cfg.model_copy(update={"health": cfg.health.model_copy(update={"enabled": False})})
+    watch = HealthWatch(off, store, ledger, get_logger(), wall=lambda: clock[0])
+    write_legacy(root / "model", "torch-zip")
+    legacy = store.adopt_legacy()
+    assert legacy is not None and legacy.legacy
+    drive(root, watch, clock, [("idle", 1)])
+    r2 = store.promote(make_candidate(tmp_path, "a"), card()).id
+    drive(root, watch, clock, [("idle", 1)])
+    rec = watch.state["releases"][r2]
+    assert rec["state"] == "probation" and rec["mandatory"], rec
+    r3 = store.promote(make_candidate(tmp_path, "b"), card()).id
+    drive(root, watch, clock, [("idle", 1)])
+    assert watch.state["releases"][r3]["state"] == "observing"  # window off, not after legacy
+    note = legacy_baseline_note(legacy)
+    assert note and note[0].startswith("NOTE baseline") and "mandatory" in note[0]
+    assert legacy_baseline_note(store.current()) == []

@@ -42,6 +42,7 @@ def test_open_creates_schema_wal_and_version(tmp_path: Path) -> None:
             "new": 0,
             "excluded": 0,
             "train_excluded": 0,
+            "unusable": 0,
         }
 
 
@@ -134,6 +135,7 @@ def test_new_valid_count_follows_finished_jobs(tmp_path: Path) -> None:
             "new": 2,
             "excluded": 0,
             "train_excluded": 0,
+            "unusable": 0,
         }
         jobs = ledger.last_jobs(2)
         assert [j.run_id for j in jobs] == ["run3", "run2"]
@@ -185,3 +187,28 @@ def test_unused_episodes_come_first_then_newest(tmp_path: Path) -> None:
         ledger.record_job_start("run2", 12.0, ["h1"])
         ledger.record_job_end("run2", "promotion_failed", "failed", None, 13.0)
         assert ledger.new_valid_count() == 2  # a failed promotion leaves its episodes new
+
+
+def test_unusable_episodes_are_not_trainable_nor_new_until_they_change(tmp_path: Path) -> None:
+    from daemon.status import episode_states
+
+    with Ledger.open(tmp_path / "l.sqlite3") as ledger:
+        ledger.ensure_splits(0.0)  # everything in train
+        for i in range(3):
+            _valid(ledger, f"/e/{i}", f"ep{i}", f"h{i}")
+        assert ledger.mark_unusable({"/e/1": "step 0: action.steering is missing"}) == ["/e/1"]
+        assert ledger.mark_unusable({"/e/1": "step 0: action.steering is missing"}) == []
+        states = episode_states(ledger.counts())
+        assert (states["valid"], states["trainable"], states["new"], states["unusable"]) == (
+            3,
+            2,
+            2,
+            1,
+        )
+        assert sorted(r.path for r in ledger.valid_episodes("train")) == ["/e/0", "/e/2"]
+        assert ledger.features_config("fp1") == 1  # a new features config: judged afresh
+        assert ledger.features_config("fp1") == 0
+        assert episode_states(ledger.counts())["trainable"] == 3
+        ledger.mark_unusable({"/e/1": "bad"})
+        _valid(ledger, "/e/1", "ep1", "h1b", now=2.0)  # the episode changed: recorded afresh
+        assert episode_states(ledger.counts())["unusable"] == 0

@@ -101,6 +101,8 @@ def test_episodes_and_releases_verbs(tmp_path: Path) -> None:
     listing = cli(root, "episodes", "list", "--status", "excluded")
     assert "unsafe turns" in listing.stdout and str(episode) in listing.stdout
     assert episode.read_bytes() == before  # left on disk untouched
+    checked = cli(root, "validate", "--ledger", str(episode))
+    assert "ledger: valid, EXCLUDED: unsafe turns [operator]" in checked.stdout, checked.stdout
     assert cli(root, "episodes", "list", "--status", "valid").stdout == ""
     assert cli(root, "episodes", "include", eid).returncode == 0
     assert str(episode) in cli(root, "episodes", "list", "--status", "valid").stdout

@@ -139,6 +139,7 @@ class Recipe:
     def load_data(self) -> None:
         """Read the train split (skipping bad episodes with their reasons) and fit the
         normaliser; the result reports what was actually read (its content hashes)."""
+        from trainer_core.episode_risk import episode_risk
         from trainer_core.features import Normalizer, read_split
 
         spec, result = self.spec, self.result
@@ -158,6 +159,7 @@ class Recipe:
         result.train_samples = len(train.arrays)
         result.episode_hashes = train.hashes
         self.train_split = train
+        result.episode_risk = episode_risk(train, list(spec.features.action_names), spec.safety)
         obs_names, act_names = spec.features.observation_names, spec.features.action_names
         self.normalizer = Normalizer.fit(train.arrays, obs_names, act_names)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -81,4 +81,6 @@ class JobResult(BaseModel):
     metrics: EvalMetrics | None = None
     episode_hashes: list[str] = Field(default_factory=list)
     skipped: dict[str, str] = Field(default_factory=dict)  # episode path -> why it was not used
+    # the riskiest training episodes' recorded-action stats (trainer_core.episode_risk)
+    episode_risk: list[dict[str, Any]] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)  # e.g. resumed, or why a checkpoint was dropped
