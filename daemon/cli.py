@@ -137,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--unsafe", action="store_true", help="out-of-bounds actions, driving into the person"
     )
+    p.add_argument("--camera", action="store_true", help="camera lane-following car (frames)")
+    p.add_argument("--lighting", type=float, default=1.0, help="--camera: brightness factor")
+    p.add_argument("--lane-width", type=float, default=0.8, help="--camera: metres")
+    p.add_argument("--curvature", type=float, default=0.3, help="--camera: 1/m amplitude")
 
     rel = add(
         "releases",
@@ -186,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
                 default=2.0,
                 help="start a new episode where the tub's clock jumps by more (seconds)",
             )
+            p.add_argument("--prefix", help="put in front of episode ids (one per car)")
     return parser
 
 

@@ -129,17 +129,21 @@ def judge(
     decision = decide(metrics, promotion)
     checks = dict(decision.checks)
     reasons = list(decision.reasons)
+    decisive = decision.decisive
     if metrics is not None:
         same = metrics.baseline_kind == baseline_now
         checks["baseline"] = same
-        reasons.append(
-            f"ok baseline: evaluated against {baseline_now}, still current"
-            if same
-            else f"FAIL baseline: evaluated against {metrics.baseline_kind}, but the current "
-            f"adapter is now {baseline_now}"
-        )
+        if same:
+            reasons.append(f"ok baseline: evaluated against {baseline_now}, still current")
+        else:  # a stale baseline outranks every other reason: the evidence is about the past
+            reasons.insert(
+                0,
+                f"FAIL baseline: evaluated against {metrics.baseline_kind}, but the current "
+                f"adapter is now {baseline_now}",
+            )
+            decisive = "baseline"
     promote = decision.promote and all(checks.values())
-    whole = Decision(promote, reasons, checks, dict(decision.numbers))
+    whole = Decision(promote, reasons, checks, dict(decision.numbers), decisive)
     if not promote:
         return Verdict("reject", whole)
     return Verdict("promote" if gate_open else "wait", whole)

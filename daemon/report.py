@@ -97,7 +97,7 @@ def _scores(policy: Any, data: Any, base: Any, cfg: TrainerConfig) -> dict[str, 
     from safety.head import SafetyHead
     from trainer_core.evaluate import predict, score
 
-    pred = predict(policy, data.obs, torch.device("cpu"), lambda: False)
+    pred = predict(policy, data.obs, torch.device("cpu"), lambda: False, data.frames)
     names = base.normalizer.act_names
     scores = score(pred, data, names, base.normalizer.act_std, SafetyHead(cfg.safety))
     return scores.model_dump()

@@ -19,10 +19,12 @@ PYTHON=${PYTHON:-python3}
 # of NVIDIA libraries a Pi cannot use; the CPU ones live on PyTorch's own index.
 TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_WHEEL=""
+PROJECT_ONLY=0
 
 usage() {
   cat <<EOF
 usage: $0 --out DIR [--platform TAG] [--python-version X.Y] [--torch-index URL] [--torch-wheel FILE]
+       $0 --out DIR --project-only
 
   --out DIR            the wheelhouse (created; must be empty or absent)
   --platform TAG       target platform tag, e.g. manylinux_2_28_aarch64 (default: this machine;
@@ -30,6 +32,7 @@ usage: $0 --out DIR [--platform TAG] [--python-version X.Y] [--torch-index URL] 
   --python-version X.Y target Python for --platform (default $PYVER; Bookworm has 3.11)
   --torch-index URL    where the CPU torch wheel for --platform comes from (default $TORCH_INDEX)
   --torch-wheel FILE   use this torch wheel for --platform instead (already downloaded)
+  --project-only       only the project's wheel (an upgrade where the dependencies are in place)
 EOF
 }
 die() {
@@ -44,6 +47,7 @@ while (($#)); do
     --python-version) PYVER="${2:?--python-version needs X.Y}"; shift 2 ;;
     --torch-index) TORCH_INDEX="${2:?--torch-index needs a URL}"; shift 2 ;;
     --torch-wheel) TORCH_WHEEL="$(realpath "${2:?--torch-wheel needs a file}")"; shift 2 ;;
+    --project-only) PROJECT_ONLY=1; shift ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
   esac
@@ -56,8 +60,12 @@ TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
 PIP=("$PYTHON" -m pip)
 
+# From a clean copy: setuptools reuses an in-tree build/ folder, which can carry stale files.
 build_project_wheel() {
-  "${PIP[@]}" wheel -q --no-deps -w "$OUT" "$SRC"
+  mkdir "$TMP/src"
+  tar -C "$SRC" --exclude=./.git --exclude=./.venv --exclude=./build --exclude='*.egg-info' \
+    --exclude=__pycache__ --exclude=./demo-root --exclude=./bench/out -cf - . | tar -C "$TMP/src" -xf -
+  "${PIP[@]}" wheel -q --no-deps -w "$OUT" "$TMP/src"
   PROJECT_WHEEL="$(ls "$OUT"/continuon_trainer-*.whl)"
 }
 
@@ -101,6 +109,6 @@ write_checksums() {
 }
 
 build_project_wheel
-if [[ -z "$PLATFORM" ]]; then native_dependencies; else cross_dependencies; fi
+if ((PROJECT_ONLY)); then :; elif [[ -z "$PLATFORM" ]]; then native_dependencies; else cross_dependencies; fi
 write_checksums
 echo "wheelhouse: $OUT: $(wc -l <"$OUT/SHA256SUMS") wheels, $(du -sh "$OUT" | cut -f1)"

@@ -12,7 +12,7 @@ from daemon.cycle import BASE, Baseline, baseline_of, judge, plan_job
 from daemon.ledger import EpisodeRow
 from daemon.store import Release
 from safety.config import PromotionConfig
-from safety.metrics import EvalMetrics, PolicyScores
+from safety.metrics import EpisodeEvidence, EvalMetrics, PolicyEpisode, PolicyScores
 
 
 def scores(mse: float, block: float = 0.0) -> PolicyScores:
@@ -28,15 +28,35 @@ def scores(mse: float, block: float = 0.0) -> PolicyScores:
     )
 
 
+def side(mse: float, steps: int, block: float = 0.0) -> PolicyEpisode:
+    return PolicyEpisode(
+        sq_err={"a": mse * steps}, clamp=0, warn=0, block=round(block * steps), max_risk=0.0
+    )
+
+
 def metrics(base: float = 1.0, cand: float = 0.5, kind: str = "base", **kw: float) -> EvalMetrics:
+    """Five held-out episodes with the same numbers (the rule's per-episode evidence)."""
+    steps = int(kw.get("steps", 500)) // 5
+    block = kw.get("block", 0.0)
+    episodes = [
+        EpisodeEvidence(
+            episode_id=f"e{i}",
+            steps=steps,
+            baseline=side(base, steps),
+            candidate=side(cand, steps, block),
+            worse_block=round(block * steps),
+        )
+        for i in range(5)
+    ]
     return EvalMetrics(
-        eval_steps=int(kw.get("steps", 500)),
+        eval_steps=steps * 5,
         eval_episodes=5,
         baseline_kind=kind,
         baseline=scores(base),
-        candidate=scores(cand, kw.get("block", 0.0)),
+        candidate=scores(cand, block),
         shift_mean=0.1,
         shift_max=0.5,
+        episodes=episodes,
     )
 
 
@@ -55,7 +75,7 @@ JUDGE_CASES = [
     ("baseline changed while waiting, gate still closed", metrics(), "adapter:r2", False,
      "reject", "baseline"),
     ("same adapter baseline", metrics(kind="adapter:r1"), "adapter:r1", True, "promote", None),
-    ("too few steps", metrics(steps=3), "base", True, "reject", "eval_steps"),
+    ("too few steps", metrics(steps=50), "base", True, "reject", "evidence"),
     ("blocks", metrics(block=0.5), "base", True, "reject", "block_cap"),
     ("no metrics", None, "base", True, "reject", None),
 ]  # fmt: skip
@@ -81,6 +101,11 @@ def test_judge(
         assert any(r.startswith(f"FAIL {failing}") for r in verdict.reasons)
     if metrics_ is not None:  # the baseline check is always part of the decision
         assert "baseline" in verdict.decision.checks
+    if action == "reject":  # the decisive reason is named first
+        assert verdict.decision.decisive is not None
+        assert verdict.reasons[0].startswith(f"FAIL {verdict.decision.decisive}:")
+    if failing == "baseline":
+        assert verdict.decision.decisive == "baseline"
 
 
 def release(rid: str, legacy: bool = False) -> Release:

@@ -129,7 +129,14 @@ def decisions(root: Path, exclude: tuple[str, ...] = ()) -> list[dict]:
 
 
 def test_end_to_end_promote_then_reject_unsafe(tmp_path, base_checkpoint):
-    root, config = make_root(tmp_path, base=base_checkpoint, mode="manual_control")
+    # clip: the reckless driver's out-of-bounds commands are clipped and trained on (with the
+    # default, skip, they never reach a job); it still drives into people at full throttle
+    root, config = make_root(
+        tmp_path,
+        base=base_checkpoint,
+        mode="manual_control",
+        extra={"features": {"out_of_bounds": "clip"}},
+    )
     manifest_path = root / "model" / "manifest.json"
     proc = start_daemon(root, config)
     log = root / "daemon.log"
@@ -168,7 +175,10 @@ def test_end_to_end_promote_then_reject_unsafe(tmp_path, base_checkpoint):
             lambda: decisions(root, exclude=(first["job_id"],)), 120, "a second decision", log
         )[0]
         assert second["verdict"] == "rejected", second
-        assert any(r.startswith("FAIL block") for r in second["reasons"]), second["reasons"]
+        decisive = second["reasons"][0]
+        assert decisive.startswith(("FAIL clamp", "FAIL block", "FAIL warn", "FAIL mean_risk")), (
+            decisive
+        )
         assert manifest_path.read_bytes() == before
         assert stop(proc) == 0
     finally:
@@ -307,6 +317,7 @@ def test_once_force_runs_one_cycle_despite_teleop(tmp_path, base_checkpoint):
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert '"event":"candidate_promoted"' in done.stderr
+    assert '<4>{"event":"gate_closed"' not in done.stderr  # --force: the gate is no warning
     manifest = json.loads((root / "model" / "manifest.json").read_text())
     assert manifest["generation"] == 1
     # Without --force and with the robot in teleop, `once` does not train: it waits for the gate
@@ -319,6 +330,7 @@ def test_once_force_runs_one_cycle_despite_teleop(tmp_path, base_checkpoint):
         timeout=60,
     )
     assert again.returncode == 0 and "nothing to do" in again.stderr
+    assert "(episodes: " in again.stderr and "trainable" in again.stderr  # one vocabulary
 
 
 def test_once_says_why_it_cannot_train(tmp_path):

@@ -4,6 +4,7 @@ function, read back with the daemon's own episode reader."""
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from tests.import_checks import read_back, train_through_job
@@ -52,6 +54,17 @@ def record_plan() -> list[dict[str, Any]]:
     return plan
 
 
+def jpeg_bytes(seed: int, size: tuple[int, int] = (160, 120)) -> bytes:
+    """A real 160x120 JPEG, as Donkeycar's camera part writes (different per seed)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
 def make_tub(root: Path, records: list[dict[str, Any]] | None = None) -> Path:
     records = record_plan() if records is None else records
     (root / "images").mkdir(parents=True)
@@ -74,7 +87,7 @@ def make_tub(root: Path, records: list[dict[str, Any]] | None = None) -> Path:
         )
         catalogs.append(name)
     for r in records:
-        (root / "images" / r["cam/image_array"]).write_bytes(b"\xff\xd8\xff\xe0 fake jpeg")
+        (root / "images" / r["cam/image_array"]).write_bytes(jpeg_bytes(r["_index"]))
     manifest = [
         inputs,
         types,
@@ -129,7 +142,11 @@ def test_cli_imports_tub_one_episode_per_session_split_at_gaps(tmp_path: Path) -
             assert step.action["command"] == [rec["user/angle"], rec["user/throttle"]]
             assert step.observation["named_state"] == {"car_speed": rec["car/speed"]}
             rgb = step.observation["media"]["rgb"]
-            assert rgb["uri"] == (tub / "images" / rec["cam/image_array"]).resolve().as_uri()
+            # Frames are copied into the episode (it moves as one folder), sizes recorded.
+            assert rgb["uri"] == f"blobs/{rec['cam/image_array']}"
+            assert (rgb["width"], rgb["height"]) == (160, 120)
+            blob = out / eid / "blobs" / rec["cam/image_array"]
+            assert blob.read_bytes() == (tub / "images" / rec["cam/image_array"]).read_bytes()
             assert rgb["timestamp_ns"] == rec["_timestamp_ms"] * 1_000_000
             assert step.observation["robot_state"]["wall_time_millis"] == rec["_timestamp_ms"]
             assert step.step_metadata["donkey_mode"] == rec["user/mode"]

@@ -30,6 +30,7 @@ from trainer_core.basefile import weights_path
 from trainer_core.config import FeaturesConfig, IngestConfig, JobConfig, PolicyConfig
 from trainer_core.features import Normalizer, read_split
 from trainer_core.fsio import atomic_write_bytes, atomic_write_json, sha256_file
+from trainer_core.inputs import training_inputs
 from trainer_core.policies import build_policy
 from trainer_core.train import Budget, LoopState, make_optimizer, train_loop
 
@@ -53,6 +54,7 @@ class BaseCard(BaseModel):
     sha256: str  # of the weights file
     created_by: str  # "init" or "pretrain"
     training: dict[str, Any] = {}
+    images: list[dict[str, Any]] = []  # the frame preprocessing (without augmentation) it saw
 
 
 @dataclass
@@ -111,6 +113,7 @@ def save_base(
         sha256=hashlib.sha256(data).hexdigest(),
         created_by=created_by,
         training=training or {},
+        images=_image_specs(features),
     )
     atomic_write_json(card_path(base_path), card.model_dump(mode="json"))
     return card
@@ -126,8 +129,13 @@ def _read_card(base_path: Path) -> BaseCard:
         raise BaseError(f"base card {path} is unreadable: {exc}") from None
 
 
+def _image_specs(features: FeaturesConfig) -> list[dict[str, Any]]:
+    return [i.model_dump(mode="json", exclude={"augment"}) for i in features.images]
+
+
 def _check_matches(card: BaseCard, policy: PolicyConfig, features: FeaturesConfig) -> None:
     want = {
+        "images": _image_specs(features),
         "family": policy.family,
         "hidden": list(policy.hidden),
         "activation": policy.activation,
@@ -230,9 +238,10 @@ def pretrain_base(
     steps: int,
     seed: int,
     log: Any = None,
+    frame_cache: Path | None = None,
 ) -> BaseCard:
     """Train every weight of a fresh base on ``episodes``; write it and its card to ``out``."""
-    split = read_split(episodes, features, ingest)
+    split = read_split(episodes, features, ingest, frame_cache=frame_cache)
     for path, reason in split.skipped.items():
         if log:
             log(f"skipped {path}: {reason}")
@@ -244,6 +253,7 @@ def pretrain_base(
     model = build_fresh(policy, features)
     x = torch.from_numpy(normalizer.norm_obs(split.arrays.obs))
     y = torch.from_numpy(normalizer.norm_act(split.arrays.act))
+    x, _ = training_inputs(model, split.arrays, x, features, None, normalizer, seed)
     cfg = job.model_copy(
         update={"max_steps": steps, "seed": seed, "max_wall_time_s": 1e9, "max_rss_mb": 1e9}
     )
@@ -343,6 +353,7 @@ def pretrain_command(args: Any, config: Any) -> int:
             steps=args.steps,
             seed=args.seed,
             log=lambda line: print(line, flush=True),
+            frame_cache=config.paths.state / "frames" if config.features.images else None,
         )
     except (BaseError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

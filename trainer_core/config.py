@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from trainer_core.image_config import ImageFeature
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -59,7 +61,7 @@ class FeatureGroup(_Section):
 class FeaturesConfig(_Section):
     """The named observation and action vectors a policy sees, with per-name bounds."""
 
-    observation: list[FeatureGroup] = Field(
+    observation: list[FeatureGroup] = Field(  # may be [] when images are given
         default_factory=lambda: [
             FeatureGroup(
                 path="observation.robot_state.joint_positions",
@@ -73,8 +75,19 @@ class FeaturesConfig(_Section):
             FeatureGroup(path="action.command", names=["steering", "throttle"])
         ]
     )
+    images: list[ImageFeature] = Field(
+        default_factory=list,
+        max_length=1,
+        description="camera frames the policy sees (one stream); see trainer_core/frames.py",
+    )
     bounds: dict[str, tuple[float, float]] = Field(
         default_factory=lambda: {"steering": (-1.0, 1.0), "throttle": (-1.0, 1.0)}
+    )
+    out_of_bounds: Literal["skip", "clip"] = Field(
+        "skip",
+        description="a recorded action outside its bounds (safety.clamp_bounds, else these): "
+        "skip = the episode is not trained on (the reason names file, step and name); "
+        "clip = the action is clipped into its bounds",
     )
 
     @model_validator(mode="after")
@@ -84,6 +97,11 @@ class FeaturesConfig(_Section):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"{side} feature names repeat: {dupes}")
+        if not self.observation and not self.images:
+            raise ValueError(
+                "a policy needs an observation: features.observation and features.images "
+                "are both empty (it would learn only the mean action)"
+            )
         for name, (lo, hi) in self.bounds.items():
             if not lo < hi:
                 raise ValueError(f"bounds.{name}: low must be < high (got [{lo}, {hi}])")
@@ -100,7 +118,7 @@ class FeaturesConfig(_Section):
         return [n for g in self.action for n in g.names]
 
 
-BUILTIN_FAMILIES = ("mlp", "transformer", "hf-causal-lm")
+BUILTIN_FAMILIES = ("mlp", "transformer", "hf-causal-lm", "cnn")
 # Names known to be language models: a manifest naming one is served only by a language-model
 # family (hf-causal-lm, or a plug-in), never by a small numeric policy.
 LANGUAGE_MODEL_PREFIXES = ("gemma", "llama", "qwen", "phi", "mistral", "smollm", "gpt")
@@ -133,6 +151,10 @@ class PolicyConfig(_Section):
     )
     options: dict[str, Any] = Field(
         default_factory=dict, description="free-form settings a plug-in builder reads"
+    )
+    conv: list[int] = Field(
+        default_factory=lambda: [24, 32, 64, 64],
+        description="cnn: output channels of each trunk conv (Donkeycar-class pilot)",
     )
     base_path: Path = Path("model/base/policy.safetensors")
     model_name: str = Field(

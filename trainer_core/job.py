@@ -93,6 +93,13 @@ def _publish(staging: Path, target: Path) -> None:
     fsync_dir(target.parent)
 
 
+def frame_cache_for(spec: JobSpec) -> Path | None:
+    """The shared decoded-frame cache of a camera job (``<state>/frames``), else None."""
+    from trainer_core.frame_cache import cache_dir_for
+
+    return cache_dir_for(spec.run_dir) if spec.features.images else None
+
+
 class Recipe:
     """The job's phases, in order, sharing one state (torchtune style): :meth:`setup`,
     :meth:`load_data`, :meth:`load_models`, :meth:`resume`, :meth:`train`, :meth:`evaluate`,
@@ -114,6 +121,8 @@ class Recipe:
         self.state: Any = None  # trainer_core.train.LoopState
         self.fp = ""
         self.metrics: Any = None
+        self.bounds: dict[str, tuple[float, float]] = {}  # every action name's, from load_data
+        self.safety = spec.safety  # with those bounds filled in, from load_data
 
     def setup(self) -> None:
         """Threads, device and seeds."""
@@ -140,12 +149,22 @@ class Recipe:
         """Read the train split (skipping bad episodes with their reasons) and fit the
         normaliser; the result reports what was actually read (its content hashes)."""
         from trainer_core.episode_risk import episode_risk
-        from trainer_core.features import Normalizer, read_split
+        from trainer_core.features import Normalizer, action_bounds, read_split
 
         spec, result = self.spec, self.result
         emit({"event": "phase", "phase": "load"})
+        try:  # every action name bounded (safety.clamp_bounds, else features.bounds), or no job
+            self.bounds = action_bounds(spec.features, spec.safety.clamp_bounds)
+        except ValueError as exc:
+            raise InvalidJob(str(exc)) from None
+        self.safety = spec.safety.model_copy(update={"clamp_bounds": self.bounds})
         train = read_split(
-            spec.train_episodes, spec.features, spec.ingest, spec.safety.proximity_path
+            spec.train_episodes,
+            spec.features,
+            spec.ingest,
+            self.safety.proximity_path,
+            frame_cache_for(spec),
+            self.bounds,
         )
         result.skipped.update(train.skipped)
         if len(train.arrays) == 0:
@@ -159,7 +178,7 @@ class Recipe:
         result.train_samples = len(train.arrays)
         result.episode_hashes = train.hashes
         self.train_split = train
-        result.episode_risk = episode_risk(train, list(spec.features.action_names), spec.safety)
+        result.episode_risk = episode_risk(train, list(spec.features.action_names), self.safety)
         obs_names, act_names = spec.features.observation_names, spec.features.action_names
         self.normalizer = Normalizer.fit(train.arrays, obs_names, act_names)
 
@@ -230,6 +249,26 @@ class Recipe:
             random.setstate(fresh[3])
             result.notes.append(f"resume checkpoint discarded: {exc}")
 
+    def camera_inputs(self, x: Any) -> Any:
+        """Frames joined to the numeric inputs (camera policies); trunk features once per frame
+        when LoRA lies above a frozen trunk (the note and its time go in the result)."""
+        from trainer_core.inputs import training_inputs
+
+        spec, t = self.spec, time.monotonic()
+        x, note = training_inputs(
+            self.model,
+            self.train_split.arrays,
+            x,
+            spec.features,
+            spec.lora.target_modules,
+            self.normalizer,
+            spec.job.seed,
+        )
+        if note:
+            self.result.notes.append(note)
+            self.result.timings["trunk_cache_s"] = round(time.monotonic() - t, 3)
+        return x
+
     def train(self) -> bool:
         """Train within the budgets; False when there is nothing to evaluate (preempted, with a
         resume checkpoint written, or no step ran)."""
@@ -242,6 +281,7 @@ class Recipe:
         arrays = self.train_split.arrays
         x = torch.from_numpy(self.normalizer.norm_obs(arrays.obs)).to(self.device)
         y = torch.from_numpy(self.normalizer.norm_act(arrays.act)).to(self.device)
+        x = self.camera_inputs(x)
         self.preempt.abort_immediately = False
         if self.preempt.requested:  # arrived between the last check and here
             raise PreemptedNow
@@ -305,7 +345,9 @@ class Recipe:
             spec.eval_episodes,
             spec.features,
             spec.ingest,
-            spec.safety.proximity_path,
+            self.safety.proximity_path,
+            frame_cache_for(spec),
+            self.bounds,
             stop=self.preempt,
         )
         result.skipped.update(evals.skipped)
@@ -314,12 +356,12 @@ class Recipe:
                 raise EvalInterrupted
             self.metrics = shadow_eval(
                 evals.arrays,
-                len(evals.paths),
+                evals.episodes,
                 self.baseline,
                 self.baseline_kind,
                 Policy(self.model, self.normalizer),
                 self.base.normalizer,
-                spec.safety,
+                self.safety,
                 self.device,
                 self.preempt,
             )

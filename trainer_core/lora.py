@@ -53,14 +53,15 @@ def missing_targets(
 def attach_lora(model: nn.Module, cfg: LoraConfig) -> PeftModel:
     """Wrap ``model`` with fresh LoRA weights on ``cfg.target_modules``; the base stays frozen.
 
-    Every target must name a ``Linear`` module; otherwise :class:`LoraError` lists the names
-    that exist (a legacy ``lora_layers: [q_proj, ...]`` on an MLP fails here, readably).
+    Every target must name a ``Linear`` or ``Conv2d`` module; otherwise :class:`LoraError`
+    lists the names that exist (a legacy ``lora_layers: [q_proj, ...]`` on an MLP fails here,
+    readably).
     """
     names = linear_module_names(model)
     missing = [t for t in cfg.target_modules if not any(_matches(n, t) for n in names)]
     if missing:
         raise LoraError(
-            f"lora.target_modules {missing} match no Linear module of the base policy; "
+            f"lora.target_modules {missing} match no Linear module or Conv2d of the base policy; "
             f"it has {names}"
         )
     peft_cfg = PeftLoraConfig(

@@ -57,8 +57,15 @@ FAMILIES: dict[str, Builder] = {
         n_obs, n_act, cfg.hidden, cfg.activation
     ),
     "transformer": build_transformer,
+    "cnn": lambda n_obs, n_act, cfg, features=None: _cnn(n_obs, n_act, cfg),
     "hf-causal-lm": _hf_not_here,
 }
+
+
+def _cnn(n_obs: int, n_act: int, cfg: PolicyConfig) -> nn.Module:
+    from trainer_core.cnn import build_cnn  # cnn imports this module's config types
+
+    return build_cnn(n_obs, n_act, cfg)
 
 
 def build_policy(
@@ -86,5 +93,5 @@ def family_module_names(cfg: PolicyConfig, features: FeaturesConfig) -> list[str
 
 
 def linear_module_names(model: nn.Module) -> list[str]:
-    """Names of the ``Linear`` submodules: what LoRA ``target_modules`` may name."""
-    return [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    """Names of the ``Linear`` and ``Conv2d`` submodules: what LoRA ``target_modules`` may name."""
+    return [name for name, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)]

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainer_core.config import JobConfig
+from trainer_core.inputs import ModelInputs, batch_of
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -105,7 +106,7 @@ def make_optimizer(params: list[nn.Parameter], job: JobConfig) -> torch.optim.Ad
 def train_loop(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    x: torch.Tensor,
+    x: torch.Tensor | ModelInputs,
     y: torch.Tensor,
     job: JobConfig,
     state: LoopState,
@@ -116,7 +117,8 @@ def train_loop(
 ) -> Stop | None:
     """Train until ``job.max_steps`` (returns None) or a budget/preemption stop (returns it).
 
-    ``x``/``y`` are normalised observation/action tensors already on the model's device;
+    ``x``/``y`` are normalised observations (a tensor, or :class:`ModelInputs` with frames)
+    and actions, already on the model's device;
     ``loss_fn`` (a plug-in's) replaces the mean squared error.
     """
     loss_fn = loss_fn or F.mse_loss
@@ -139,8 +141,9 @@ def train_loop(
         idx = perm[state.batch * batch_size : (state.batch + 1) * batch_size]
         state.batch += 1
 
+        args, target = batch_of(x, y, idx, state.epoch * 1_000_003 + state.batch)
         with autocast:
-            loss = loss_fn(model(x[idx]).float(), y[idx])
+            loss = loss_fn(model(*args).float(), target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, job.grad_clip)

@@ -12,7 +12,7 @@
 # Stages: tools (apt: qemu-system-x86 mmdebstrap e2fsprogs) -> base (mmdebstrap tree, kernel,
 # initrd; key: customize.sh, guest/*, package list) -> wheelhouse (deploy/wheelhouse.sh; key:
 # pyproject.toml, constraints.txt, wheelhouse.sh) -> image (base + venv of every dependency;
-# key: base key + the dependency lines of the wheelhouse's SHA256SUMS).
+# key: base key + the dependencies' wheel file names).
 # Safe on a host that is not booted with systemd: mmdebstrap's package scripts run in a chroot
 # without /run/systemd/system and with a policy-rc.d that refuses to start services; the
 # venv bake runs the guest's python3 in a chroot with nothing mounted.
@@ -79,7 +79,9 @@ build_wheelhouse() {
 # wheel through deploy/install.sh --wheelhouse, as an operator would.
 bake_image() {
   local key t0 tree=$C/bake-tree
-  key=$( (echo "$BASE_KEY"; grep -v ' continuon_trainer-' "$C/wheelhouse/SHA256SUMS") | key_of)
+  # Keyed by the dependencies' file names (name, version, tags), not their bytes: a rebuilt
+  # sdist wheel of the same version differs in its zip timestamps only.
+  key=$( (echo "$BASE_KEY"; awk '$2 !~ /^continuon_trainer-/ { print $2 }' "$C/wheelhouse/SHA256SUMS") | key_of)
   [[ "$(cat "$C/image/key" 2>/dev/null)" == "$key" && -f "$C/image/rootfs.img" ]] &&
     { log "image cached ($key)"; return; }
   ((EUID == 0)) || die "baking the image needs root (chroot)"

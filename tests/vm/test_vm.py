@@ -11,7 +11,6 @@ shipped one, to show that a named check fails (see UNIT_VARIANTS).
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -76,16 +75,12 @@ def ensure_image() -> Path:
 def project_wheelhouse(dest: Path) -> None:
     """Only the project's wheel (the image has every dependency) and its SHA256SUMS."""
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dest), str(REPO)],
+        [str(REPO / "deploy" / "wheelhouse.sh"), "--out", str(dest), "--project-only"],
         check=True,
         capture_output=True,
         timeout=600,
+        env={**os.environ, "PYTHON": sys.executable},
     )
-    lines = [
-        f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n"
-        for p in sorted(dest.glob("*.whl"))
-    ]
-    (dest / "SHA256SUMS").write_text("".join(lines))
 
 
 def stage_share(share: Path) -> None:
@@ -97,7 +92,8 @@ def stage_share(share: Path) -> None:
         shutil.copy(REPO / name, src / name)
     variant = os.environ.get("CONTINUON_VMTEST_UNIT")
     if variant:
-        (old, new), _ = UNIT_VARIANTS[variant]
+        (old, new), expected = UNIT_VARIANTS[variant]
+        (share / "stop_after").write_text(expected)  # no need to run past the check that fails
         unit = src / "deploy" / "systemd" / "continuon-trainer.service"
         text = unit.read_text()
         assert old in text, f"variant {variant}: {old!r} not in the unit"
@@ -137,6 +133,14 @@ def vm_results(tmp_path_factory) -> dict[str, dict]:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", CHECKS)
 def test_in_vm(vm_results: dict[str, dict], name: str) -> None:
+    variant = os.environ.get("CONTINUON_VMTEST_UNIT")
     r = vm_results.get(name)
+    if variant:
+        expected = UNIT_VARIANTS[variant][1]
+        if name != expected:
+            pytest.skip(f"broken unit {variant!r}: only {expected!r} is expected to catch it")
+        assert r is not None, f"{name!r} did not run"
+        assert not r["ok"], f"the broken unit {variant!r} was NOT caught: {r['detail']}"
+        return
     assert r is not None, f"{name!r} did not run (an earlier step failed; see run.log)"
     assert r["ok"], r["detail"]

@@ -79,6 +79,8 @@ class ImportedEpisode:
     metadata: dict[str, Any]
     steps: list[dict[str, Any]]
     source: str
+    blobs: dict[str, Path] = field(default_factory=dict)  # blobs/<name> -> source file to copy
+    present_as: str | None = None  # already imported under this id (importer's own check)
 
 
 @dataclass
@@ -164,13 +166,19 @@ def episode_files(episode: ImportedEpisode) -> dict[str, bytes]:
         json.dumps(step, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
         for step in episode.steps
     ]
-    return {
+    files = {
         "metadata.json": (
             json.dumps(metadata, allow_nan=False, ensure_ascii=False, indent=2) + "\n"
         ).encode("utf-8"),
         STEPS_SHARD: ("\n".join(lines) + "\n").encode("utf-8"),
-        COMPLETE_MARKER: b"",
     }
+    for name, src in episode.blobs.items():  # the episode carries its frames: movable as is
+        try:
+            files[f"blobs/{name}"] = src.read_bytes()
+        except OSError as exc:
+            raise SourceError(src, f"unreadable ({exc})") from exc
+    files[COMPLETE_MARKER] = b""
+    return files
 
 
 def _same_as_existing(target: Path, files: dict[str, bytes]) -> bool:
@@ -241,6 +249,9 @@ def write_episodes(
     summary = ImportSummary()
     seen: set[str] = set()
     for episode in produce():
+        if episode.present_as is not None:
+            summary.skipped.append(episode.present_as)
+            continue
         if episode.episode_id in seen:
             raise SourceError(out, f"two source episodes map to the id {episode.episode_id!r}")
         seen.add(episode.episode_id)

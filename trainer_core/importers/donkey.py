@@ -10,6 +10,12 @@ One episode per ``_session_id``, split again where the clock jumps by more than 
 (or goes backwards). Deleted records are skipped. ``action.command = [user/angle,
 user/throttle]``; images stay files, referenced by URI in ``observation.media.rgb``; other numeric
 inputs go to ``observation.named_state``; timestamps are kept.
+
+Frames are copied into the episode's ``blobs/`` (decoded once on the way, so a corrupt JPEG is
+refused by name) and referenced relatively with their width and height: the episode moves as
+one folder. ``prefix`` goes in front of every episode id, so two cars' ``data/`` tubs do not
+collide; a session already imported from the same tub (provenance ``tub_path``, session,
+first record) is not imported again, whatever folder above it is named.
 """
 
 from __future__ import annotations
@@ -45,13 +51,20 @@ def import_command(args: Any, config: Any) -> int:
     """``continuon-trainer import donkey-tub SRC --out DIR [--max-gap-s S]``."""
     src, out = Path(args.src), Path(args.out)
     max_gap_s = float(getattr(args, "max_gap_s", DEFAULT_MAX_GAP_S))
+    prefix = getattr(args, "prefix", None) or ""
     if not max_gap_s > 0:
         print(
             f"import donkey-tub: error: --max-gap-s must be > 0 (got {max_gap_s})",
             file=sys.stderr,
         )
         return 2
-    return run_import("donkey-tub", lambda: iter_tub_episodes(src, max_gap_s), out, config.ingest)
+    present = imported_sessions(out)
+    return run_import(
+        "donkey-tub",
+        lambda: iter_tub_episodes(src, max_gap_s, prefix, present),
+        out,
+        config.ingest,
+    )
 
 
 def import_tub(
@@ -59,9 +72,43 @@ def import_tub(
     out: Path,
     max_gap_s: float = DEFAULT_MAX_GAP_S,
     limits: IngestConfig | None = None,
+    prefix: str = "",
 ) -> ImportSummary:
     """Import every tub at or under ``src`` into ``out`` (see module docstring)."""
-    return write_episodes(lambda: iter_tub_episodes(Path(src), max_gap_s), Path(out), limits)
+    present = imported_sessions(Path(out))
+    return write_episodes(
+        lambda: iter_tub_episodes(Path(src), max_gap_s, prefix, present), Path(out), limits
+    )
+
+
+def imported_sessions(out: Path) -> dict[tuple[str, str, int], str]:
+    """(tub path, session id, first index) -> episode id of donkey episodes already in ``out``."""
+    found: dict[tuple[str, str, int], str] = {}
+    if not Path(out).is_dir():
+        return found
+    for meta_path in Path(out).glob("*/metadata.json"):
+        try:
+            prov = json.loads(meta_path.read_text()).get("provenance", {})
+            if prov.get("importer") == "donkey-tub" and "tub_path" in prov:
+                key = (prov["tub_path"], prov["session_id"], int(prov["first_index"]))
+                found[key] = meta_path.parent.name
+        except (OSError, ValueError, TypeError, AttributeError, KeyError):
+            continue  # not ours to judge here; the daemon validates episodes itself
+    return found
+
+
+def frame_size(path: Path, where: str) -> tuple[int, int]:
+    """(width, height) of a fully decoded image; SourceError naming it when it is corrupt."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.size
+    except Exception as exc:  # Pillow raises many types for damaged data
+        raise SourceError(
+            path, f"corrupt image, cannot be decoded ({exc}); record {where}"
+        ) from None
 
 
 # --- reading ----------------------------------------------------------------------------------
@@ -276,7 +323,7 @@ def split_segments(records: list[_Record], max_gap_s: float) -> list[list[_Recor
     return segments
 
 
-def _step(tub: Path, i: int, rec: _Record) -> dict[str, Any]:
+def _step(tub: Path, i: int, rec: _Record, sizes: dict[str, tuple[int, int]]) -> dict[str, Any]:
     observation: dict[str, Any] = {
         "robot_state": {
             "timestamp_nanos": rec.timestamp_ms * 1_000_000,
@@ -287,11 +334,14 @@ def _step(tub: Path, i: int, rec: _Record) -> dict[str, Any]:
         observation["named_state"] = rec.named
     if rec.image is not None:
         observation["video_frame_id"] = rec.image
+        width, height = sizes[rec.image]
         observation["media"] = {
             "rgb": {
-                "uri": (tub / "images" / rec.image).resolve().as_uri(),
+                "uri": f"blobs/{rec.image}",
                 "frame_id": rec.image,
                 "timestamp_ns": rec.timestamp_ms * 1_000_000,
+                "width": width,
+                "height": height,
                 "format": Path(rec.image).suffix.lstrip(".").lower() or "unknown",
             }
         }
@@ -313,10 +363,12 @@ def _step(tub: Path, i: int, rec: _Record) -> dict[str, Any]:
 
 
 def _episode(
-    tub: Path, name: str, manifest: _Manifest, segment: list[_Record], n: int
+    tub: Path, name: str, manifest: _Manifest, segment: list[_Record], n: int, prefix: str
 ) -> ImportedEpisode:
     session = segment[0].session or "nosession"
-    steps = [_step(tub, i, rec) for i, rec in enumerate(segment)]
+    blobs = {r.image: tub / "images" / r.image for r in segment if r.image is not None}
+    sizes = {r.image: frame_size(blobs[r.image], r.where) for r in segment if r.image}
+    steps = [_step(tub, i, rec, sizes) for i, rec in enumerate(segment)]
     mark_episode_ends(steps, terminal=True)
     metadata = {
         "xr_mode": "trainer",
@@ -334,6 +386,7 @@ def _episode(
         "provenance": {
             "importer": "donkey-tub",
             "tub": name,
+            "tub_path": str(tub.resolve()),
             "session_id": segment[0].session,
             "segment": n,
             "first_index": segment[0].index,
@@ -342,11 +395,13 @@ def _episode(
             "tub_metadata": manifest.metadata,
         },
     }
+    lead = f"{safe_name(prefix)}-" if prefix else ""
     return ImportedEpisode(
-        episode_id=f"donkey-{safe_name(name)}-{safe_name(session)}-{n:03d}",
+        episode_id=f"donkey-{lead}{safe_name(name)}-{safe_name(session)}-{n:03d}",
         metadata=metadata,
         steps=steps,
         source=str(tub / segment[0].where.split(":")[0]),
+        blobs=blobs,
     )
 
 
@@ -367,8 +422,14 @@ def find_tubs(src: Path) -> dict[Path, str]:
     )
 
 
-def iter_tub_episodes(src: Path, max_gap_s: float = DEFAULT_MAX_GAP_S) -> Iterator[ImportedEpisode]:
-    """Every episode of every tub at or under ``src``, validated as it is read."""
+def iter_tub_episodes(
+    src: Path,
+    max_gap_s: float = DEFAULT_MAX_GAP_S,
+    prefix: str = "",
+    present: dict[tuple[str, str, int], str] | None = None,
+) -> Iterator[ImportedEpisode]:
+    """Every episode of every tub at or under ``src``, validated as it is read; sessions in
+    ``present`` (see :func:`imported_sessions`) are left out."""
     for tub, name in find_tubs(Path(src)).items():
         manifest = _read_manifest(tub)
         records = _read_records(tub, manifest)
@@ -376,4 +437,8 @@ def iter_tub_episodes(src: Path, max_gap_s: float = DEFAULT_MAX_GAP_S) -> Iterat
         for segment in split_segments(records, max_gap_s):
             n = counters.get(segment[0].session, 0)
             counters[segment[0].session] = n + 1
-            yield _episode(tub, name, manifest, segment, n)
+            key = (str(tub.resolve()), segment[0].session, segment[0].index)
+            if present and key in present:
+                yield ImportedEpisode(present[key], {}, [], str(tub), present_as=present[key])
+                continue
+            yield _episode(tub, name, manifest, segment, n, prefix)
