@@ -467,6 +467,13 @@ def validate_command(args: Any, config: Any) -> int:
         if not targets:
             print(f"no episodes in {raw}", file=sys.stderr)
         results.extend(check_one(p, why, limits, accept) for p, why in targets)
+    if config.features.images:  # frames are read, not just referenced
+        from trainer_core.frames import frames_problem
+
+        for r in results:
+            problem = frames_problem(Path(r["path"]), config.features, limits) if r["ok"] else None
+            if problem:
+                r["ok"], r["reason"] = False, problem
     if getattr(args, "ledger", False):
         from daemon.lineage import add_ledger_view
 
