@@ -247,7 +247,9 @@ class LoraConfig(_Section):
 class JobConfig(_Section):
     """One training job: data selection, optimiser and the budgets the child honours."""
 
-    min_episodes: int = Field(4, gt=0, description="fewest train episodes worth a job")
+    min_episodes: int = Field(
+        4, gt=0, description="fewest train episodes the daemon plans a job with"
+    )
     max_episodes: int = Field(256, gt=0, description="newest N train episodes are used")
     eval_fraction: float = Field(0.25, gt=0, lt=1, description="share of episodes held out")
     batch_size: int = Field(64, gt=0)
