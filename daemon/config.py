@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from daemon.health import HealthConfig
 from daemon.metrics import MetricsConfig
 from gating.config import GateConfig
-from safety.config import PromotionConfig, SafetyConfig
+from safety.config import PromotionConfig, SafetyConfig, resolve_bounds
 from trainer_core.config import FeaturesConfig, IngestConfig, JobConfig, LoraConfig, PolicyConfig
 
 ROOT_ENV = "CONTINUON_TRAINER_ROOT"
@@ -82,6 +82,12 @@ class TrainerConfig(_Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
+
+    @model_validator(mode="after")
+    def _every_action_bounded(self) -> TrainerConfig:
+        # A head that cannot clamp a name is blind to it: refuse the config, naming the names.
+        resolve_bounds(self.features.action_names, self.safety.clamp_bounds, self.features.bounds)
+        return self
 
     @property
     def state_dir(self) -> Path:

@@ -233,6 +233,10 @@ def summary(cfg: TrainerConfig, snap: dict[str, Any], timings: dict[str, float])
             (f"action error, baseline ({m.baseline_kind})", f"{m.baseline.mse:.4f}"),
             ("action error, candidate", f"{m.candidate.mse:.4f}"),
             (
+                "clamp rate, baseline / candidate",
+                f"{m.baseline.clamp_rate:.3f} / {m.candidate.clamp_rate:.3f}",
+            ),
+            (
                 "block rate, baseline / candidate",
                 f"{m.baseline.block_rate:.3f} / {m.candidate.block_rate:.3f}",
             ),
@@ -247,7 +251,8 @@ def summary(cfg: TrainerConfig, snap: dict[str, Any], timings: dict[str, float])
             ("training steps (resumed from)", f"{result.steps} ({result.resumed_from_step})")
         )
     rows.append(("decision", decision["verdict"]))
-    rows += [("  because", r) for r in decision["reasons"]]
+    # One row per check of the rule, with its point estimate and confidence bound.
+    rows += [(f"  {_check_name(r)}", _check_text(r)) for r in decision["reasons"]]
     rows.append(("release", decision.get("release") or "-"))
     rows.append(("manifest", str(cfg.paths.manifest)))
     rows += [
@@ -256,6 +261,16 @@ def summary(cfg: TrainerConfig, snap: dict[str, Any], timings: dict[str, float])
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+
+
+def _check_name(reason: str) -> str:
+    """``"FAIL name:steering: ..."`` -> ``"name:steering"``."""
+    return reason.split(" ", 1)[-1].split(": ", 1)[0]
+
+
+def _check_text(reason: str) -> str:
+    verdict, _, rest = reason.partition(" ")
+    return f"{verdict:<4}  {rest.split(': ', 1)[-1]}"
 
 
 def demo_command(args: Any, cfg: TrainerConfig) -> int:

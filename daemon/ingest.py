@@ -29,6 +29,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from stat import S_ISDIR, S_ISREG
@@ -36,6 +37,7 @@ from typing import Any
 
 from daemon.ledger import Ledger, split_for
 from trainer_core.config import IngestConfig
+from trainer_core.episode import Episode
 from trainer_core.rlds import EpisodeError, kind_of, read_episode
 from trainer_core.rlds.hashing import COMPLETE_MARKER, content_hash, special_file
 
@@ -197,6 +199,18 @@ def is_complete(stat: EntryStat, settle_s: float, now: float) -> bool:
 # Scan
 
 
+Accept = Callable[[Episode], "str | None"]
+
+
+def bounds_check(config: Any) -> Accept:
+    """The ``features.out_of_bounds: skip`` policy as a scan/validate check: an episode with
+    a recorded action outside its bounds is rejected with a reason naming step and name."""
+    from trainer_core.features import bounds_problem
+
+    features, clamp_bounds = config.features, config.safety.clamp_bounds
+    return lambda episode: bounds_problem(episode, features, clamp_bounds)
+
+
 def _reject(ledger: Ledger, report: ScanReport, key: str, reason: str, **fields: Any) -> None:
     ledger.record(key, status="rejected", reason=reason, **fields)
     report.rejected += 1
@@ -213,6 +227,7 @@ def _process(
     now: float,
     present: set[str],
     report: ScanReport,
+    accept: Accept | None = None,
 ) -> None:
     """Hash, read and record one new or changed complete entry."""
     known_hash = ledger.known_hash(key)
@@ -243,6 +258,19 @@ def _process(
             signature=stat.signature,
             now=now,
             content_hash=digest,
+        )
+        return
+    refusal = accept(episode) if accept is not None else None
+    if refusal is not None:
+        _reject(
+            ledger,
+            report,
+            key,
+            refusal,
+            signature=stat.signature,
+            now=now,
+            content_hash=digest,
+            episode_id=episode.episode_id,
         )
         return
     twin = ledger.valid_path_with_hash(digest, key)
@@ -286,13 +314,15 @@ def scan(
     now: float,
     deadline: float | None = None,
     only: set[str] | None = None,
+    accept: Accept | None = None,
 ) -> ScanReport:
     """Bring the ledger in line with ``episodes_dir`` (see the module docstring for the rules).
     ``now`` is the wall clock (``time.time()``), injectable for tests. Past ``deadline`` (a
     ``time.monotonic()`` value) no further new or changed entry is read: they stay as they are
     in the ledger for the next scan, and ``report.incomplete`` says to rescan soon. ``only``:
     look at these top-level names alone (what the watcher saw change), not the whole folder;
-    entries of the ledger outside them are left as they are."""
+    entries of the ledger outside them are left as they are. ``accept``: a further check on
+    each parsed episode, returning why it is rejected (e.g. actions out of bounds) or None."""
     report = ScanReport()
     ledger.ensure_splits(eval_fraction)
     episodes_dir = Path(episodes_dir)
@@ -344,7 +374,7 @@ def scan(
         if stat.problem is not None:
             _reject(ledger, report, key, stat.problem, signature=stat.signature, now=now)
             continue
-        _process(path, key, stat, ledger, limits, eval_fraction, now, present, report)
+        _process(path, key, stat, ledger, limits, eval_fraction, now, present, report, accept)
     # Only entries missing from the listing are gone: one skipped for the deadline is listed.
     vanished = [k for k, r in known.items() if k not in present and r.status != "gone"]
     ledger.mark_gone(vanished, now)
@@ -377,7 +407,9 @@ def _targets(path: Path) -> list[tuple[Path, str | None]]:
     return [(path, entry_stat(path, path.absolute().parent.resolve()).problem)]
 
 
-def check_one(path: Path, refusal: str | None, limits: IngestConfig) -> dict[str, Any]:
+def check_one(
+    path: Path, refusal: str | None, limits: IngestConfig, accept: Accept | None = None
+) -> dict[str, Any]:
     """The verdict on one episode, as a JSON-ready mapping."""
     result: dict[str, Any] = {"path": str(path), "ok": False}
     if refusal is not None:
@@ -390,6 +422,10 @@ def check_one(path: Path, refusal: str | None, limits: IngestConfig) -> dict[str
         return result
     except Exception as exc:  # report, never a traceback, for an operator's command
         result["reason"] = f"unexpected reader error: {type(exc).__name__}: {exc}"
+        return result
+    refused = accept(episode) if accept is not None else None
+    if refused is not None:
+        result["reason"] = refused
         return result
     result.update(
         ok=True, episode_id=episode.episode_id, steps=len(episode.steps), layout=episode.layout
@@ -421,6 +457,7 @@ def validate_command(args: Any, config: Any) -> int:
     A PATH is an episode or a folder of episodes. Exit 1 when anything was rejected or no
     episode was found, else 0. Never modifies anything."""
     limits: IngestConfig = config.ingest
+    accept = bounds_check(config)
     results = []
     for raw in args.paths:
         try:
@@ -429,7 +466,14 @@ def validate_command(args: Any, config: Any) -> int:
             targets = [(Path(raw), f"cannot list ({exc.strerror or exc})")]
         if not targets:
             print(f"no episodes in {raw}", file=sys.stderr)
-        results.extend(check_one(p, why, limits) for p, why in targets)
+        results.extend(check_one(p, why, limits, accept) for p, why in targets)
+    if config.features.images:  # frames are read, not just referenced
+        from trainer_core.frames import frames_problem
+
+        for r in results:
+            problem = frames_problem(Path(r["path"]), config.features, limits) if r["ok"] else None
+            if problem:
+                r["ok"], r["reason"] = False, problem
     if getattr(args, "ledger", False):
         from daemon.lineage import add_ledger_view
 

@@ -27,7 +27,7 @@ from daemon.config import ConfigError, TrainerConfig, load_config
 from daemon.cycle import Verdict, baseline_of, judge, plan_job
 from daemon.health import HealthWatch, legacy_baseline_note
 from daemon.holding import HoldLog, ProgressLog, blocked_hold, gate_hold, trigger_hold
-from daemon.ingest import scan
+from daemon.ingest import bounds_check, scan
 from daemon.instance import AlreadyRunning, take_instance_lock
 from daemon.ledger import Ledger, LedgerError
 from daemon.lineage import risk_reason
@@ -141,6 +141,8 @@ class Service:
             folder.mkdir(parents=True, exist_ok=True)
         self._take_instance_lock()
         self.ledger = Ledger.open(cfg.ledger_path)
+        self._accept = bounds_check(cfg)  # features.out_of_bounds: skip, seen by the ledger
+        self._safety_notes: list[str] = []  # looser manifest safety values, logged once
         self.store = AdapterStore(
             cfg.adapters_dir, cfg.paths.manifest, model_name=cfg.policy.model_name
         )
@@ -298,6 +300,7 @@ class Service:
             self._wall(),
             deadline=time.monotonic() + budget,  # scan measures its slice on the real clock
             only=None if full else changed,
+            accept=self._accept,
         )
         if full:
             # An unfinished slice or settling episodes produce no further events: look again
@@ -440,11 +443,14 @@ class Service:
             baseline,
             safety,
             resumable_checkpoint(cfg.runs_dir),
+            self.ledger.released_hashes(),
         )
         spec = plan.spec
         if spec is None:
             self.phase, self.reason = Phase.IDLE, plan.reason
             return
+        if plan.held_back:
+            self.log.info("eval_held_back", job_id=run_id, episodes=plan.held_back[:20])
         self.ledger.record_job_start(run_id, self._wall(), plan.train_hashes)
         try:
             self.supervisor.start(spec)
@@ -466,7 +472,12 @@ class Service:
     def _safety_config(self) -> SafetyConfig:
         if not self.cfg.safety.from_manifest:
             return self.cfg.safety
-        return merge_manifest_safety(self.cfg.safety, self.store.manifest_safety())
+        notes: list[str] = []
+        merged = merge_manifest_safety(self.cfg.safety, self.store.manifest_safety(), notes)
+        if notes and notes != self._safety_notes:  # the configured block is a floor
+            self.log.warning("manifest_safety_loosening_ignored", notes=notes)
+        self._safety_notes = notes
+        return merged
 
     def on_job_end(self, outcome: Outcome) -> None:
         """Record a finished child and decide: resume later, back off, or judge the candidate."""
@@ -481,6 +492,8 @@ class Service:
             steps=result.steps if result else None,
             elapsed_s=round(outcome.elapsed_s, 2),
         )
+        if result is not None:
+            self._record_child_report(run_id, result)
         if status == "preempted":
             self._record_job_end(run_id, "preempted", None, None)
             self.phase = Phase.ARMED
@@ -493,6 +506,12 @@ class Service:
             return
         self.pending = outcome
         self._judge_pending(self.gate_decision)
+
+    def _record_child_report(self, run_id: str, result: JobResult) -> None:
+        """The ledger keeps what the child actually trained on (its hashes, not the plan): an
+        episode it skipped, or whose bytes changed before it read them, is not counted as used."""
+        if result.episode_hashes:
+            self.ledger.record_trained(run_id, result.episode_hashes)
 
     def _note_unusable(self, result: JobResult | None) -> None:
         """Episodes the features could not use: kept out of training and "new" from now on,

@@ -6,16 +6,22 @@ Risk formula (per step ``t``; all terms are computed for every step at once with
     J_t  = number of action names whose clamped value moved more than ``max_jump`` (per name,
            ``max_jump_per_name`` overrides) since step t-1 of the SAME episode; 0 at an
            episode's first step and next to a non-finite step
-    P_t  = min(1, (R - d_t) / R) when the person's distance d_t < R (envelope ``radius_m``),
-           else 0; an unknown distance (NaN) adds nothing
+    P_t  = min(1, (R - d_t) / R) * A_t when the person's distance d_t < R (envelope
+           ``radius_m``), else 0; an unknown distance (NaN) adds nothing
+    A_t  = f + (1 - f) * u_t, the approach factor: u_t in [0, 1] is how hard the clamped action
+           drives toward the person (for each ``approach`` name, sign * value / the bound on
+           that side, clipped to [0, 1]; the largest over names), f is ``approach_floor``.
+           Braking near a person keeps only the floor; full throttle toward them the whole
+           term. With no approach name among the actions, A_t = 1.
     raw  = 0.35 * [C_t > 0] + min(0.4, 0.1 * C_t) + P_t + min(0.4, 0.25 * J_t)
     risk = clip(raw * (1 + decay), 0, 1)                      (``decay`` of the envelope)
 
 The clamp and proximity terms are those of continuonos' old head (FORMATS §5), so its worked
-values still hold: one clamped name -> 0.504 (warn), two -> 0.616 (block), a person at 0.93 m
-warns. (FORMATS quotes "blocks at <= 0.643 m"; under the same formula that distance is 0.557 m,
-i.e. 0.643 m *inside* the 1.2 m radius.) The jump term is new: a single jerk (one name) warns
-(0.28), jerks alone never block (<= 0.448), a jerk on top of a clamp blocks.
+values still hold at full approach (A_t = 1): one clamped name -> 0.504 (warn), two -> 0.616
+(block), a person at 0.93 m warns. (FORMATS quotes "blocks at <= 0.643 m"; under the same
+formula that distance is 0.557 m, i.e. 0.643 m *inside* the 1.2 m radius.) The jump term is
+new: a single jerk (one name) warns (0.28), jerks alone never block (<= 0.448), a jerk on top
+of a clamp blocks.
 
 A step whose action holds NaN/Inf is blocked outright (risk 1): a policy that emits it is not
 safe to run, whatever else the step looks like.
@@ -29,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from safety.config import SafetyConfig
+from safety.config import SafetyConfig, UnboundedActionsError
 
 CLAMP_BASE = 0.35  # any clamp at all
 CLAMP_PER_NAME = 0.1  # each clamped name ...
@@ -80,14 +86,36 @@ class SafetyHead:
         self.cfg = cfg
 
     def bounds(self, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Lower and upper clamp bounds per name; names without bounds get -inf / +inf."""
-        lo = np.array([self.cfg.clamp_bounds.get(n, (-np.inf, np.inf))[0] for n in names], float)
-        hi = np.array([self.cfg.clamp_bounds.get(n, (-np.inf, np.inf))[1] for n in names], float)
+        """Lower and upper clamp bounds per name; :class:`UnboundedActionsError` naming every
+        name without bounds (a head that cannot clamp a name is blind to it)."""
+        missing = self.unbounded(names)
+        if missing:
+            raise UnboundedActionsError(
+                f"action names without bounds: {missing}; give each one bounds in "
+                "safety.clamp_bounds or features.bounds"
+            )
+        lo = np.array([self.cfg.clamp_bounds[n][0] for n in names], float)
+        hi = np.array([self.cfg.clamp_bounds[n][1] for n in names], float)
         return lo, hi
 
     def unbounded(self, names: list[str]) -> list[str]:
-        """Action names the configuration gives no clamp bounds (worth a log line)."""
+        """Action names the configuration gives no clamp bounds."""
         return [n for n in names if n not in self.cfg.clamp_bounds]
+
+    def approach(
+        self, clamped: np.ndarray, names: list[str], lo: np.ndarray, hi: np.ndarray
+    ) -> np.ndarray:
+        """Per step, the approach factor A_t (see the module docstring)."""
+        cols = [(i, self.cfg.approach[n]) for i, n in enumerate(names) if n in self.cfg.approach]
+        if not cols:
+            return np.ones(clamped.shape[0])
+        drive = np.zeros(clamped.shape[0])
+        for i, sign in cols:
+            reach = max(hi[i] if sign > 0 else -lo[i], 1e-9)  # the bound in that direction
+            push = np.clip(np.nan_to_num(sign * clamped[:, i] / reach), 0.0, 1.0)
+            drive = np.maximum(drive, push)
+        floor = self.cfg.approach_floor
+        return floor + (1.0 - floor) * drive
 
     def assess(
         self,
@@ -135,6 +163,7 @@ class SafetyHead:
         with np.errstate(invalid="ignore"):
             near = prox < radius  # NaN -> False: no proximity term
         prox_term = np.where(near, np.minimum(1.0, (radius - np.nan_to_num(prox)) / radius), 0.0)
+        prox_term = prox_term * self.approach(clamped_actions, names, lo, hi)
 
         raw = (
             CLAMP_BASE * (n_clamped > 0)

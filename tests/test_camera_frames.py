@@ -221,3 +221,27 @@ def test_config_refuses_a_policy_with_no_observation() -> None:
     with pytest.raises(ValueError, match="a policy needs an observation"):
         FeaturesConfig(observation=[])
     FeaturesConfig(observation=[], images=[ImageFeature()])  # frames alone are enough
+
+
+def test_validate_reads_frames_when_the_config_uses_them(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import yaml
+
+    (tmp_path / "eps" / "good" / "blobs").mkdir(parents=True)
+    (tmp_path / "eps" / "bad" / "blobs").mkdir(parents=True)
+    jpg = encode(solid(COLOURS[0]))
+    (tmp_path / "eps" / "good" / "blobs" / "0.jpg").write_bytes(jpg)
+    (tmp_path / "eps" / "bad" / "blobs" / "0.jpg").write_bytes(jpg[:100])
+    for name in ("good", "bad"):
+        write_a(tmp_path / "eps", name, [step(0, observation={"video_frame_id": "0.jpg"})])
+    cfg = tmp_path / "cam.yaml"
+    cfg.write_text(
+        yaml.safe_dump({"features": {"observation": [], "images": [{"size": [12, 16]}]}})
+    )
+    cmd = [sys.executable, "-m", "daemon.cli", "--config", str(cfg), "validate"]
+    done = subprocess.run([*cmd, str(tmp_path / "eps")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"OK {tmp_path / 'eps' / 'good'}" in done.stdout
+    assert "REJECTED" in done.stdout and "bad/blobs/0.jpg: not a decodable image" in done.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -131,3 +132,47 @@ def test_bare_yaml_off_means_need_off(tmp_path):
     assert cfg.gate.battery.need == "off"
     with pytest.raises(ConfigError, match=r"gate\.battery\.need"):
         load_config(write(tmp_path, "trainer.yaml", "gate: {battery: {need: on}}"))
+
+
+ARM_ACTIONS = (
+    "features:\n  action:\n    - {path: action.command, names: [j1, j2, j3, j4, j5, j6]}\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("extra", "missing"),
+    [
+        ("", "['j1', 'j2', 'j3', 'j4', 'j5', 'j6']"),  # the 6-joint arm of the audit
+        ("  bounds: {j1: [-1, 1], j2: [-1, 1]}\n", "['j3', 'j4', 'j5', 'j6']"),
+        (
+            "  bounds: {j1: [-1, 1]}\nsafety:\n  clamp_bounds: {j2: [-1, 1], j3: [0, 1]}\n",
+            "['j4', 'j5', 'j6']",
+        ),
+    ],
+)
+def test_config_with_unbounded_action_names_is_refused(tmp_path, extra: str, missing: str):
+    cfg = tmp_path / "arm.yaml"
+    cfg.write_text(ARM_ACTIONS + extra)
+    with pytest.raises(ConfigError, match=re.escape(f"action names without bounds: {missing}")):
+        load_config(cfg, str(tmp_path))
+    done = subprocess.run(
+        [*CLI, "config", "check", str(cfg)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode != 0 and missing in done.stdout + done.stderr
+
+
+def test_every_action_name_bounded_is_accepted(tmp_path):
+    cfg = tmp_path / "arm.yaml"
+    bounds = ", ".join(f"j{i}: [-1, 1]" for i in range(2, 7))
+    cfg.write_text(
+        ARM_ACTIONS + f"  bounds: {{{bounds}}}\nsafety:\n  clamp_bounds: {{j1: [0, 1]}}\n"
+    )
+    loaded, _ = load_config(cfg, str(tmp_path))
+    assert loaded.features.out_of_bounds == "skip"
+
+
+def test_out_of_bounds_policy_is_validated(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("features:\n  out_of_bounds: ignore\n")
+    with pytest.raises(ConfigError, match="out_of_bounds"):
+        load_config(cfg, str(tmp_path))

@@ -129,7 +129,14 @@ def decisions(root: Path, exclude: tuple[str, ...] = ()) -> list[dict]:
 
 
 def test_end_to_end_promote_then_reject_unsafe(tmp_path, base_checkpoint):
-    root, config = make_root(tmp_path, base=base_checkpoint, mode="manual_control")
+    # clip: the reckless driver's out-of-bounds commands are clipped and trained on (with the
+    # default, skip, they never reach a job); it still drives into people at full throttle
+    root, config = make_root(
+        tmp_path,
+        base=base_checkpoint,
+        mode="manual_control",
+        extra={"features": {"out_of_bounds": "clip"}},
+    )
     manifest_path = root / "model" / "manifest.json"
     proc = start_daemon(root, config)
     log = root / "daemon.log"
@@ -168,7 +175,10 @@ def test_end_to_end_promote_then_reject_unsafe(tmp_path, base_checkpoint):
             lambda: decisions(root, exclude=(first["job_id"],)), 120, "a second decision", log
         )[0]
         assert second["verdict"] == "rejected", second
-        assert any(r.startswith("FAIL block") for r in second["reasons"]), second["reasons"]
+        decisive = second["reasons"][0]
+        assert decisive.startswith(("FAIL clamp", "FAIL block", "FAIL warn", "FAIL mean_risk")), (
+            decisive
+        )
         assert manifest_path.read_bytes() == before
         assert stop(proc) == 0
     finally:

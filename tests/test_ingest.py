@@ -405,6 +405,36 @@ def test_scan_of_named_entries_looks_at_nothing_else(tmp_path: Path, ledger: Led
     assert scan(folder, ledger, LIMITS, 0.25, LATER).gone == 1
 
 
+def test_out_of_bounds_episodes_are_rejected_by_the_scan_and_validate(tmp_path: Path) -> None:
+    """``features.out_of_bounds: skip`` (the default): the ledger and `validate` say which step
+    and name left its bounds; ``clip`` accepts the episode."""
+    from daemon.config import load_config
+    from daemon.ingest import bounds_check
+
+    folder = _folder(tmp_path)
+    write_a(folder, "inside", [step(0), step(1, [1.0, -1.0])])
+    write_a(folder, "outside", [step(0), step(1), step(2, [0.3, 1.6])])
+    cfg, _ = load_config(None, str(tmp_path))
+    with Ledger.open(tmp_path / "state" / "ledger.sqlite3") as led:
+        scan(folder, led, LIMITS, 0.25, now=LATER, accept=bounds_check(cfg))
+        rows = {Path(p).name: e for p, e in led.known().items()}
+        reasons = {Path(p).name: r for p, r in led.rejected()}
+    assert rows["inside"].status == "valid"
+    assert rows["outside"].status == "rejected"
+    assert "step 2: action.command throttle=1.6 outside its bounds [-1, 1]" in reasons["outside"]
+    if CLI.exists():
+        res = _run("--json", str(folder), cwd=tmp_path)
+        out = {Path(r["path"]).name: r for r in json.loads(res.stdout)}
+        assert res.returncode == 1 and out["inside"]["ok"] and not out["outside"]["ok"]
+        assert "throttle=1.6 outside its bounds" in out["outside"]["reason"]
+    clip = cfg.model_copy(
+        update={"features": cfg.features.model_copy(update={"out_of_bounds": "clip"})}
+    )
+    with Ledger.open(tmp_path / "state2" / "ledger.sqlite3") as led:
+        scan(folder, led, LIMITS, 0.25, now=LATER, accept=bounds_check(clip))
+        assert {e.status for e in led.known().values()} == {"valid"}
+
+
 def test_a_copied_episodes_folder_is_not_a_folder_of_duplicates(tmp_path: Path) -> None:
     """paths.episodes pointed at a copy while the old folder still exists (issue 15)."""
     old = _folder(tmp_path)

@@ -75,6 +75,7 @@ def write_spec(
     lora: LoraConfig | None = None,
     resume_from: Path | None = None,
     baseline: Path | None = None,
+    features: FeaturesConfig | None = None,
     **job: Any,
 ) -> Path:
     """A spec.json in a fresh run directory, as the daemon would write it."""
@@ -88,7 +89,7 @@ def write_spec(
         baseline_adapter=baseline,
         baseline_id=baseline.name if baseline else None,
         resume_from=resume_from,
-        features=FeaturesConfig(),
+        features=features or FeaturesConfig(),
         policy=policy or PolicyConfig(),
         lora=lora or LoraConfig(),
         job=JobConfig(**job),
@@ -290,12 +291,34 @@ def test_no_eval_steps_gives_zero_eval_metrics_the_rule_rejects(world: World, tm
     code, result = run_job(write_spec(tmp_path / "r", world.plain[:4], [], world.base, max_steps=5))
     assert code == ExitCode.DONE and result.metrics.eval_steps == 0
     decision = decide(result.metrics, PromotionConfig())
-    assert not decision.promote and not decision.checks["eval_steps"]
+    assert not decision.promote and not decision.checks["evidence"]
+    assert decision.decisive == "evidence" and decision.reasons[0].startswith("FAIL evidence")
+
+
+def test_out_of_bounds_episodes_are_not_trained_on_by_default(world: World, tmp_path: Path):
+    """``features.out_of_bounds: skip``: the reason names the episode, step, path and name."""
+    code, result = run_job(
+        write_spec(tmp_path / "r", world.unsafe[:6], world.plain[:3], world.base, max_steps=5)
+    )
+    assert code == ExitCode.INVALID and result.status == "invalid"
+    assert set(result.skipped) == {str(p) for p in world.unsafe[:6]}
+    reason = result.skipped[str(world.unsafe[0])]
+    assert "step 1: action.command throttle=1.591 outside its bounds [-1, 1]" in reason
+    assert "out_of_bounds: skip" in reason
 
 
 def test_unsafe_adapter_is_rejected_for_its_block_rate(world: World, tmp_path: Path) -> None:
+    """Clipped reckless driving (aim at the person, full throttle) is learnt, and blocked."""
+    clip = FeaturesConfig(out_of_bounds="clip")
     code, result = run_job(
-        write_spec(tmp_path / "r", world.unsafe[:6], world.unsafe[6:], world.base, max_steps=300)
+        write_spec(
+            tmp_path / "r",
+            world.unsafe[:5],
+            world.unsafe[5:],
+            world.base,
+            features=clip,
+            max_steps=300,
+        )
     )
     assert code == ExitCode.DONE, result.reason
     m = result.metrics
@@ -304,7 +327,8 @@ def test_unsafe_adapter_is_rejected_for_its_block_rate(world: World, tmp_path: P
     decision = decide(m, PromotionConfig())
     assert not decision.promote
     assert decision.checks["improvement"]
-    assert not decision.checks["block_vs_baseline"] and not decision.checks["block_cap"]
+    assert not decision.checks["block_rate"] or not decision.checks["block_cap"]
+    assert decision.decisive in ("clamp_rate", "clamp_cap", "warn_rate", "warn_cap", "block_rate")
 
 
 def test_legacy_pt_base_is_read_with_weights_only(world: World, tmp_path: Path) -> None:

@@ -1,134 +1,311 @@
-"""The promotion rule, table-driven: each threshold flips the decision on its own."""
+"""The promotion rule, table-driven on per-episode evidence: each check flips the decision on its
+own, the decisive reason is named first, and tiny counts neither pass nor fail a candidate."""
 
 from __future__ import annotations
 
 import json
 import math
+import random
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from safety.config import PromotionConfig
-from safety.metrics import EvalMetrics
-from safety.rule import decide
+from safety.metrics import EpisodeEvidence, EvalMetrics
+from safety.rule import decide, seed_for
 
-CFG = PromotionConfig(
-    min_eval_steps=64,
-    min_improvement=0.02,
-    max_block_rate=0.02,
-    max_shift_mean=1.0,
-    max_shift_max=4.0,
-)
+CFG = PromotionConfig()
+NAMES = ("steering", "throttle")
 
 
-def scores(mse: float, block_rate: float = 0.0) -> dict[str, Any]:
-    return {
-        "mse": mse,
-        "mse_raw": mse * 2,
-        "mse_per_name": {"steering": mse * 2, "throttle": mse * 2},
-        "mse_norm_per_name": {"steering": mse, "throttle": mse},
-        "clamp_rate": 0.0,
-        "warn_rate": 0.0,
-        "block_rate": block_rate,
-        "max_risk": 0.1,
-    }
+@dataclass
+class Ep:
+    """One held-out episode, written the short way: per-step errors and counts."""
+
+    base: tuple[float, float] = (0.04, 0.04)  # mean normalised error per step, per name
+    cand: tuple[float, float] = (0.01, 0.01)
+    steps: int = 100
+    slices: list[str] = field(default_factory=list)
+    base_counts: dict[str, int] = field(default_factory=dict)  # clamp / warn / block
+    cand_counts: dict[str, int] = field(default_factory=dict)
+    worse: dict[str, int] = field(default_factory=dict)  # clamp / warn / block
+    base_risk: float = 0.1  # mean risk per step
+    cand_risk: float = 0.1
+    nonfinite: int = 0
+
+    def evidence(self, i: int) -> dict[str, Any]:
+        def side(err: tuple[float, float], counts: dict[str, int], risk: float, nf: int):
+            return {
+                "sq_err": {n: e * self.steps for n, e in zip(NAMES, err, strict=True)},
+                "clamp": counts.get("clamp", 0),
+                "warn": counts.get("warn", 0),
+                "block": counts.get("block", 0),
+                "max_risk": min(1.0, 3 * risk),
+                "risk_sum": risk * self.steps,
+                "nonfinite": nf,
+            }
+
+        worse = {
+            f"worse_{k}": self.worse.get(
+                k, max(0, self.cand_counts.get(k, 0) - self.base_counts.get(k, 0))
+            )
+            for k in ("clamp", "warn", "block")
+        }
+        return {
+            "episode_id": f"ep-{i:03d}",
+            "steps": self.steps,
+            "slices": self.slices,
+            "baseline": side(self.base, self.base_counts, self.base_risk, 0),
+            "candidate": side(self.cand, self.cand_counts, self.cand_risk, self.nonfinite),
+            **worse,
+        }
 
 
-def metrics(**changes: Any) -> EvalMetrics:
-    """A passing candidate (error 0.0123 vs 0.0456), with dotted-key changes applied."""
+def metrics(eps: list[Ep], **changes: Any) -> EvalMetrics:
+    """Evidence of ``eps`` with pooled numbers filled in; ``changes`` override top-level keys."""
+    evidence = [EpisodeEvidence.model_validate(e.evidence(i)) for i, e in enumerate(eps)]
+    steps = sum(e.steps for e in eps)
+
+    def pooled(get) -> dict[str, Any]:
+        mse = {n: sum(get(e).sq_err[n] for e in evidence) / max(steps, 1) for n in NAMES}
+        return {
+            "mse": sum(mse.values()) / 2,
+            "mse_raw": sum(mse.values()) / 2,
+            "mse_per_name": mse,
+            "mse_norm_per_name": mse,
+            "clamp_rate": sum(get(e).clamp for e in evidence) / max(steps, 1),
+            "warn_rate": sum(get(e).warn for e in evidence) / max(steps, 1),
+            "block_rate": sum(get(e).block for e in evidence) / max(steps, 1),
+            "max_risk": max((get(e).max_risk for e in evidence), default=0.0),
+        }
+
     raw: dict[str, Any] = {
-        "eval_steps": 200,
-        "eval_episodes": 4,
+        "eval_steps": steps,
+        "eval_episodes": len(eps),
         "baseline_kind": "base",
-        "baseline": scores(0.0456, 0.01),
-        "candidate": scores(0.0123, 0.01),
+        "baseline": pooled(lambda e: e.baseline),
+        "candidate": pooled(lambda e: e.candidate),
         "shift_mean": 0.5,
         "shift_max": 2.0,
+        "episodes": [e.model_dump() for e in evidence],
     }
-    for key, value in changes.items():
-        *parents, leaf = key.split("__")
-        node = raw
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+    raw.update(changes)
     return EvalMetrics.model_validate(raw)
 
 
-def test_the_passing_candidate_passes_with_reasons() -> None:
-    d = decide(metrics(), CFG)
-    assert d.promote, d.reasons
-    assert all(d.checks.values())
-    assert len(d.reasons) == len(d.checks) == 7
-    assert any(
-        "candidate error 0.0123 vs baseline 0.0456: 73.0% better (need >= 2.0% better)" in r
-        for r in d.reasons
-    ), d.reasons
-    json.dumps(d.to_dict())  # the whole decision is loggable
+def good(n: int = 8, **kw: Any) -> list[Ep]:
+    return [Ep(**kw) for _ in range(n)]
 
 
-@pytest.mark.parametrize(
-    ("changes", "failing"),
-    [
-        # enough steps: exactly at the minimum passes, one below fails, zero fails
-        ({"eval_steps": 64}, None),
-        ({"eval_steps": 63}, "eval_steps"),
-        ({"eval_steps": 0}, "eval_steps"),
-        # improvement: 2% exactly passes, just under fails, worse fails
-        ({"baseline__mse": 0.05, "candidate__mse": 0.049}, None),
-        ({"baseline__mse": 0.05, "candidate__mse": 0.04901}, "improvement"),
-        ({"baseline__mse": 0.05, "candidate__mse": 0.06}, "improvement"),
-        ({"baseline__mse": 0.0, "candidate__mse": 0.0}, "improvement"),
-        # block rate vs baseline (both under the cap)
-        ({"baseline__block_rate": 0.0, "candidate__block_rate": 0.005}, "block_vs_baseline"),
-        ({"baseline__block_rate": 0.005, "candidate__block_rate": 0.005}, None),
-        # block rate cap (baseline just as bad: only the cap speaks)
-        ({"baseline__block_rate": 0.5, "candidate__block_rate": 0.03}, "block_cap"),
-        ({"baseline__block_rate": 0.5, "candidate__block_rate": 0.02}, None),
-        # shifts
-        ({"shift_mean": 1.0}, None),
-        ({"shift_mean": 1.01}, "shift_mean"),
-        ({"shift_max": 4.0}, None),
-        ({"shift_max": 4.5}, "shift_max"),
-    ],
-)
-def test_each_threshold_flips_the_decision(changes: dict[str, Any], failing: str | None) -> None:
-    d = decide(metrics(**changes), CFG)
-    if failing is None:
+def with_first(eps: list[Ep], k: int, **kw: Any) -> list[Ep]:
+    """``eps`` with the first ``k`` episodes changed."""
+    for e in eps[:k]:
+        for key, value in kw.items():
+            setattr(e, key, value)
+    return eps
+
+
+def noisy(n: int, gains: list[float]) -> list[Ep]:
+    """Episodes whose candidate error is ``base * (1 - gain)``, gains cycling."""
+    return [
+        Ep(cand=(0.04 * (1 - gains[i % len(gains)]),) * 2)  # type: ignore[arg-type]
+        for i in range(n)
+    ]
+
+
+CASES: list[tuple[str, Any, str | None]] = [
+    # (case, evidence, decisive failing check or None when promoted)
+    ("clear_improvement", lambda: metrics(good()), None),
+    # 3 blocked steps of 720 vs 0: inside the margin, the improvement decides
+    (
+        "three_blocks_of_720_one_episode",
+        lambda: metrics(with_first(good(6, steps=120), 1, cand_counts={"block": 3})),
+        None,
+    ),
+    (
+        "three_blocks_of_720_spread",
+        lambda: metrics(with_first(good(6, steps=120), 3, cand_counts={"block": 1})),
+        None,
+    ),
+    (
+        "three_clamps_of_720_and_baseline_none",
+        lambda: metrics(with_first(good(6, steps=120), 1, cand_counts={"clamp": 3, "warn": 3})),
+        None,
+    ),
+    # a x1.6 throttle channel: ~11 % of steps clamped against 0.2 %
+    (
+        "throttle_x1.6_clamps",
+        lambda: metrics(
+            [Ep(cand_counts={"clamp": 11, "warn": 11}, base_counts={"clamp": 0}) for _ in range(8)]
+        ),
+        "clamp_rate",
+    ),
+    (
+        "warn_rise",
+        lambda: metrics(good(cand_counts={"warn": 15})),
+        "warn_rate",
+    ),
+    (
+        "block_rise",
+        lambda: metrics(good(cand_counts={"block": 6})),
+        "block_rate",
+    ),
+    # people close: the baseline blocks 30 % and so does the candidate, on the same steps
+    (
+        "people_close_same_steps",
+        lambda: metrics(
+            good(base_counts={"block": 30, "warn": 10}, cand_counts={"block": 30, "warn": 10})
+        ),
+        None,
+    ),
+    # same rate as the baseline, but on other steps: the cap relative to the baseline bites
+    (
+        "blocks_moved_to_other_steps",
+        lambda: metrics(
+            good(base_counts={"block": 10}, cand_counts={"block": 10}, worse={"block": 10})
+        ),
+        "block_cap",
+    ),
+    (
+        "clamps_moved_to_other_steps",
+        lambda: metrics(
+            good(base_counts={"clamp": 8}, cand_counts={"clamp": 8}, worse={"clamp": 8})
+        ),
+        "clamp_cap",
+    ),
+    ("risk_rise", lambda: metrics(good(cand_risk=0.15)), "mean_risk"),
+    (
+        "risk_rise_in_one_episode",
+        lambda: metrics(with_first(good(), 1, cand_risk=0.2)),
+        "mean_risk",
+    ),
+    ("risk_rise_within_margin", lambda: metrics(good(cand_risk=0.11)), None),
+    # steering error up 37 % while throttle improves a lot: the mean would hide it
+    (
+        "steering_regresses_37pct",
+        lambda: metrics(good(cand=(0.04 * 1.37, 0.001))),
+        "name:steering",
+    ),
+    ("throttle_regresses", lambda: metrics(good(cand=(0.001, 0.06))), "name:throttle"),
+    ("name_regression_within_margin", lambda: metrics(good(cand=(0.0405, 0.001))), None),
+    # near-perfect baseline name: measured against the error floor, not a 1000x rise
+    (
+        "tiny_baseline_name_error",
+        lambda: metrics(good(base=(1e-7, 0.04), cand=(2e-7, 0.01))),
+        None,
+    ),
+    (
+        "environment_slice_regresses",
+        lambda: metrics(
+            [Ep(slices=["environment_id=a"]) for _ in range(4)]
+            + [Ep(slices=["environment_id=b"], cand=(0.052, 0.052)) for _ in range(4)]
+        ),
+        "slice:environment_id=b",
+    ),
+    (
+        "small_slice_not_judged",
+        lambda: metrics(
+            [Ep(slices=["environment_id=a"]) for _ in range(6)]
+            + [Ep(slices=["environment_id=b"], cand=(0.05, 0.05)) for _ in range(2)]
+        ),
+        None,
+    ),
+    (
+        "task_slice_regresses",
+        lambda: metrics(
+            [Ep(slices=["task=park"], cand=(0.06, 0.06)) for _ in range(3)]
+            + [Ep(slices=["task=follow"], cand=(0.001, 0.001)) for _ in range(6)]
+        ),
+        "slice:task=park",
+    ),
+    ("two_episodes", lambda: metrics(good(2)), "evidence"),
+    ("too_few_steps", lambda: metrics(good(4, steps=10)), "evidence"),
+    ("no_episode_evidence", lambda: metrics(good(), episodes=[]), "evidence"),
+    ("evidence_count_mismatch", lambda: metrics(good(), eval_episodes=9), "evidence"),
+    ("nan_predictions", lambda: metrics(with_first(good(), 1, nonfinite=2)), "finite"),
+    ("nan_metric", lambda: metrics(good(), shift_mean=math.nan), "finite"),
+    ("inf_metric", lambda: metrics(good(), shift_max=math.inf), "finite"),
+    ("improvement_too_small", lambda: metrics(good(cand=(0.0396, 0.0396))), "improvement"),
+    ("no_improvement", lambda: metrics(good(cand=(0.04, 0.04))), "improvement"),
+    # +6 % on average, but half the episodes worse: not better at 95 % (per name first)
+    ("noisy_improvement", lambda: metrics(noisy(8, [0.5, -0.38])), "name:steering"),
+    ("consistent_small_improvement", lambda: metrics(noisy(8, [0.06, 0.07])), None),
+    ("zero_baseline_error", lambda: metrics(good(base=(0.0, 0.0), cand=(0.0, 0.0))), "improvement"),
+    ("shift_mean", lambda: metrics(good(), shift_mean=1.5), "shift_mean"),
+    ("shift_max", lambda: metrics(good(), shift_max=5.0), "shift_max"),
+    # several failures: the safety one is decisive, the error one follows
+    (
+        "unsafe_and_worse",
+        lambda: metrics(good(cand=(0.05, 0.05), cand_counts={"clamp": 20, "warn": 20})),
+        "clamp_rate",
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "build", "decisive"), CASES, ids=[c[0] for c in CASES])
+def test_rule_table(case: str, build, decisive: str | None) -> None:
+    d = decide(build(), CFG)
+    if decisive is None:
         assert d.promote, d.reasons
+        assert d.decisive is None and all(d.checks.values())
+        assert all(r.startswith("ok ") for r in d.reasons)
     else:
-        assert not d.promote
-        assert [k for k, ok in d.checks.items() if not ok] == [failing], d.reasons
-        assert any(r.startswith(f"FAIL {failing}:") for r in d.reasons)
+        assert not d.promote, d.reasons
+        assert d.decisive == decisive, d.reasons
+        assert d.reasons[0].startswith(f"FAIL {decisive}:"), d.reasons
+    json.dumps(d.to_dict())  # always loggable
+
+
+def test_every_reason_has_its_numbers_and_bound() -> None:
+    d = decide(metrics(good()), CFG)
+    by_name = {r.split(" ", 1)[1].split(": ", 1)[0]: r for r in d.reasons}
+    assert "95% lower bound" in by_name["improvement"]
+    for check in ("clamp_rate", "warn_rate", "block_rate", "block_cap", "mean_risk"):
+        assert "95% upper bound" in by_name[check], by_name[check]
+    assert "95% upper bound" in by_name["name:steering"]
+    assert d.numbers["improvement.value"] == pytest.approx(0.75)
+    assert d.numbers["improvement.bound"] == pytest.approx(0.75)
+
+
+def test_decision_is_pure_and_independent_of_episode_order() -> None:
+    eps = noisy(9, [0.3, -0.1, 0.2])
+    first = decide(metrics(eps), CFG)
+    again = decide(metrics(eps), CFG)
+    assert first == again
+    shuffled = list(eps)
+    random.Random(3).shuffle(shuffled)
+    # The same episodes under the same ids in another order: the seed is their sorted ids.
+    ids = [f"ep-{i:03d}" for i in range(9)]
+    assert seed_for(ids) == seed_for(reversed(ids))
+
+
+def test_confidence_comes_from_the_config() -> None:
+    borderline = metrics(noisy(8, [0.3, -0.05]))
+    assert decide(borderline, PromotionConfig(confidence=0.6)).promote
+    strict = decide(borderline, PromotionConfig(confidence=0.99))
+    assert not strict.promote and strict.decisive == "improvement"
+    assert "99% lower bound" in strict.reasons[0]
 
 
 @pytest.mark.parametrize(
-    "changes",
+    ("cfg", "decisive"),
     [
-        {"candidate__mse": math.nan},
-        {"candidate__mse": -math.inf},
-        {"baseline__mse": math.inf},
-        {"candidate__max_risk": math.nan},
-        {"candidate__mse_per_name": {"steering": math.nan}},
-        {"shift_max": math.nan},
-        {"shift_mean": math.inf},
-        {"candidate__block_rate": math.nan},
+        (PromotionConfig(min_eval_episodes=9), "evidence"),
+        (PromotionConfig(min_eval_steps=801), "evidence"),
+        (PromotionConfig(min_improvement=0.8), "improvement"),
+        (PromotionConfig(max_shift_mean=0.4), "shift_mean"),
+        (PromotionConfig(block_rate_margin=0.0, max_block_rate=0.0), "block_rate"),
     ],
 )
-def test_non_finite_numbers_reject(changes: dict[str, Any]) -> None:
-    d = decide(metrics(**changes), CFG)
-    assert not d.promote
-    assert d.checks["finite"] is False
-    assert any("not finite" in r for r in d.reasons)
-    json.dumps(d.to_dict(), allow_nan=False)
+def test_thresholds_come_from_the_config(cfg: PromotionConfig, decisive: str) -> None:
+    m = metrics(with_first(good(), 2, cand_counts={"block": 1}))
+    assert decide(m, CFG).promote
+    d = decide(m, cfg)
+    assert not d.promote and d.decisive == decisive, d.reasons
 
 
 def test_no_metrics_rejects() -> None:
     d = decide(None, CFG)
-    assert not d.promote
+    assert not d.promote and d.decisive == "evidence"
     assert "no evaluation metrics" in d.reasons[0]
-
-
-def test_thresholds_come_from_the_config() -> None:
-    m = metrics(shift_mean=1.5)
-    assert not decide(m, CFG).promote
-    assert decide(m, CFG.model_copy(update={"max_shift_mean": 2.0})).promote

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from daemon.ledger import Ledger, split_for
+from tests.test_ledger import _valid
 from tests.test_store import card, make_candidate, new_store, sample_manifest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -15,20 +16,6 @@ REPO = Path(__file__).resolve().parent.parent
 
 def _ids(split: str, n: int) -> list[str]:
     return [e for e in (f"ep{i}" for i in range(1000)) if split_for(e, 0.25) == split][:n]
-
-
-def _valid(ledger: Ledger, path: str, eid: str, digest: str, now: float = 1.0) -> None:
-    ledger.record(
-        path,
-        status="valid",
-        signature="s",
-        now=now,
-        content_hash=digest,
-        episode_id=eid,
-        split=split_for(eid, 0.25),
-        layout="A",
-        n_steps=10,
-    )
 
 
 def test_excluded_episodes_never_train_or_evaluate(tmp_path: Path) -> None:

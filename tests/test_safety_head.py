@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
 
-from safety.config import ManifestSafetyError, SafetyConfig, merge_manifest_safety
+from safety.config import (
+    ManifestSafetyError,
+    SafetyConfig,
+    UnboundedActionsError,
+    merge_manifest_safety,
+    resolve_bounds,
+)
 from safety.head import BLOCK, OK, WARN, SafetyHead
 
 NAMES = ["steering", "throttle"]
@@ -54,27 +61,93 @@ def test_clamp_worked_values(action: list[float], risk: float, label: int) -> No
     ],
 )
 def test_proximity_thresholds(distance: float, label: int) -> None:
-    got = head().assess(np.zeros((1, 2)), NAMES, proximity=np.array([distance]))
+    """At full forward throttle (approach factor 1) the old head's worked values hold."""
+    got = head().assess(np.array([[0.0, 1.0]]), NAMES, proximity=np.array([distance]))
     assert got.label[0] == label, got.risk[0]
 
 
 def test_proximity_risk_is_the_documented_formula() -> None:
     d = np.array([0.3, 0.9, 1.1, 2.0])
-    got = head().assess(np.zeros((4, 2)), NAMES, proximity=d)
+    full = np.array([[0.0, 1.0]] * 4)
+    got = head().assess(full, NAMES, proximity=d)
     expected = np.clip(np.where(d < 1.2, (1.2 - d) / 1.2, 0.0) * 1.12, 0, 1)
     np.testing.assert_allclose(got.risk, expected)
 
 
+@pytest.mark.parametrize(
+    ("throttle", "factor"),
+    [
+        (1.0, 1.0),  # full throttle toward the person: the whole term
+        (0.5, 0.25 + 0.75 * 0.5),
+        (0.0, 0.25),  # standing still: the floor
+        (-0.8, 0.25),  # braking / reversing: the floor
+        (3.0, 1.0),  # clamped to the bound first
+    ],
+)
+def test_proximity_scales_with_the_commanded_approach(throttle: float, factor: float) -> None:
+    d = np.array([0.3])
+    got = head().assess(np.array([[0.0, throttle]]), NAMES, proximity=d)
+    clamp = 0.35 + 0.1 if abs(throttle) > 1 else 0.0
+    assert got.risk[0] == pytest.approx(min(1.0, (clamp + 0.75 * factor) * 1.12))
+
+
+def test_braking_near_a_person_scores_lower_than_accelerating() -> None:
+    d = np.full(3, 0.4)
+    brake = head().assess(np.array([[0.0, -0.5]] * 3), NAMES, proximity=d)
+    drive = head().assess(np.array([[0.0, 0.9]] * 3), NAMES, proximity=d)
+    assert brake.risk.max() < drive.risk.min()
+    assert (brake.label < BLOCK).all() and (drive.label == BLOCK).all()
+
+
+@pytest.mark.parametrize(
+    ("approach", "action", "factor"),
+    [
+        ({}, [0.0, -1.0], 1.0),  # no approach names: the action is not looked at
+        ({"throttle": -1.0}, [0.0, -1.0], 1.0),  # a robot whose forward is negative
+        ({"throttle": -1.0}, [0.0, 1.0], 0.25),
+        ({"steering": 1.0, "throttle": 1.0}, [0.6, 0.2], 0.25 + 0.75 * 0.6),  # the largest
+    ],
+)
+def test_approach_names_and_signs_are_configurable(approach, action, factor) -> None:
+    got = head(approach=approach).assess(np.array([action]), NAMES, proximity=np.array([0.6]))
+    assert got.risk[0] == pytest.approx(0.5 * factor * 1.12)
+
+
+def test_approach_sign_must_be_one() -> None:
+    with pytest.raises(ValueError, match="sign"):
+        SafetyConfig(approach={"throttle": 0.5})
+
+
 def test_vector_actions_are_clamped_through_names() -> None:
-    """Column order comes from ``names``; unbounded names pass through untouched."""
+    """Column order comes from ``names``; a name without bounds is refused, never blind."""
     names = ["throttle", "gripper", "steering"]
     actions = np.array([[2.0, 7.0, 0.0], [0.0, -7.0, -2.0], [0.5, 0.0, 0.5]])
-    got = head().assess(actions, names)
+    bounded = {"steering": (-1.0, 1.0), "throttle": (-1.0, 1.0), "gripper": (-7.0, 7.0)}
+    got = head(clamp_bounds=bounded).assess(actions, names)
     np.testing.assert_allclose(
         got.clamped_actions, [[1.0, 7.0, 0.0], [0.0, -7.0, -1.0], [0.5, 0.0, 0.5]]
     )
     assert got.clamped.tolist() == [True, True, False]
     assert head().unbounded(names) == ["gripper"]
+    with pytest.raises(UnboundedActionsError, match=r"\['gripper'\]"):
+        head().assess(actions, names)
+
+
+@pytest.mark.parametrize(
+    ("clamp", "fallback", "expected"),
+    [
+        ({"a": (-1, 1)}, {"a": (-5, 5), "b": (0, 2)}, {"a": (-1, 1), "b": (0, 2)}),
+        ({}, {"a": (-5, 5), "b": (0, 2)}, {"a": (-5, 5), "b": (0, 2)}),
+        ({"a": (-1, 1)}, {}, "['b']"),
+        ({}, {}, "['a', 'b']"),
+    ],
+)
+def test_every_action_name_needs_bounds(clamp, fallback, expected) -> None:
+    if isinstance(expected, str):
+        with pytest.raises(UnboundedActionsError, match=re.escape(expected)):
+            resolve_bounds(["a", "b"], clamp, fallback)
+    else:
+        assert resolve_bounds(["a", "b"], clamp, fallback) == expected
 
 
 def test_jump_term_and_per_name_limits() -> None:
@@ -161,13 +234,17 @@ def test_shape_errors(actions: np.ndarray, kw: dict) -> None:
         head().assess(actions, NAMES, **kw)
 
 
-def test_manifest_block_merges(samples) -> None:
+def test_manifest_block_only_tightens(samples) -> None:
+    """The configured block is a floor: bounds intersect, thresholds take the stricter value."""
     manifest = json.loads((samples / "model" / "manifest.pi5.safety.example.json").read_text())
     cfg = SafetyConfig(clamp_bounds={"steering": (-0.5, 0.5)}, warn_threshold=0.1)
-    merged = merge_manifest_safety(cfg, manifest["safety"])
-    assert merged.clamp_bounds == {"steering": (-1.0, 1.0), "throttle": (-1.0, 1.0)}
-    assert merged.warn_threshold == 0.25 and merged.block_threshold == 0.6
+    notes: list[str] = []
+    merged = merge_manifest_safety(cfg, manifest["safety"], notes)
+    assert merged.clamp_bounds == {"steering": (-0.5, 0.5), "throttle": (-1.0, 1.0)}
+    assert merged.warn_threshold == 0.1 and merged.block_threshold == 0.6
     assert merged.envelope.radius_m == 1.2 and merged.envelope.decay == 0.12
+    assert any("clamp_bounds.steering" in n and "wider" in n for n in notes)
+    assert any("warn_threshold 0.25 is looser" in n for n in notes)
     assert merged.max_jump == cfg.max_jump  # not in the block: the config's value
     assert merge_manifest_safety(cfg, None) is cfg
     assert merge_manifest_safety(cfg.model_copy(update={"from_manifest": False}), {}) is not None
@@ -176,7 +253,8 @@ def test_manifest_block_merges(samples) -> None:
 def test_manifest_block_partial_envelope() -> None:
     merged = merge_manifest_safety(SafetyConfig(), {"envelope": {"radius_m": 2.0}})
     assert merged.envelope.radius_m == 2.0 and merged.envelope.decay == 0.12
-    got = SafetyHead(merged).assess(np.zeros((1, 2)), NAMES, proximity=np.array([1.5]))
+    full = np.array([[0.0, 1.0]])
+    got = SafetyHead(merged).assess(full, NAMES, proximity=np.array([1.5]))
     assert got.risk[0] == pytest.approx(0.25 * 1.12)
 
 
@@ -189,9 +267,8 @@ def test_manifest_block_partial_envelope() -> None:
         ({"clamp_bounds": {"steering": [1.0, -1.0]}}, "clamp_bounds"),
         ({"clamp_bounds": [[-1, 1]]}, "clamp_bounds"),
         ({"warn_threshold": "0.25"}, "warn_threshold"),
-        ({"warn_threshold": 0.7}, "warn_threshold"),  # above block 0.6
         ({"block_threshold": 1.5}, "block_threshold"),
-        ({"envelope": {"radius_m": -1}}, "envelope.radius_m"),
+        ({"clamp_bounds": {"steering": [2.0, 3.0]}}, "does not overlap"),
         ({"envelope": {"radius_m": float("nan")}}, "envelope.radius_m"),
         ({"envelope": 3}, "envelope"),
         ({"envelope": {"wobble": 1}}, "envelope.wobble"),
@@ -201,6 +278,39 @@ def test_manifest_block_partial_envelope() -> None:
 def test_malformed_manifest_block_is_an_error(block, field: str) -> None:
     with pytest.raises(ManifestSafetyError, match=field.replace(".", r"\.")):
         merge_manifest_safety(SafetyConfig(), block)
+
+
+@pytest.mark.parametrize(
+    ("block", "note"),
+    [
+        ({"clamp_bounds": {}}, "clamp_bounds is empty"),
+        ({"clamp_bounds": {"throttle": [-5, 5]}}, "clamp_bounds.throttle [-5.0, 5.0] is wider"),
+        ({"warn_threshold": 0.7}, "warn_threshold 0.7 is looser"),
+        ({"warn_threshold": 1.0}, "warn_threshold 1.0 is looser"),
+        ({"block_threshold": 1.0}, "block_threshold 1.0 is looser"),
+        ({"envelope": {"radius_m": 0.1}}, "envelope.radius_m 0.1 is looser"),
+        ({"envelope": {"radius_m": -1}}, "envelope.radius_m -1.0 is looser"),
+        ({"envelope": {"decay": 0.0}}, "envelope.decay 0.0 is looser"),
+    ],
+)
+def test_a_looser_manifest_block_is_ignored_with_a_note(block, note: str) -> None:
+    cfg = SafetyConfig()
+    notes: list[str] = []
+    merged = merge_manifest_safety(cfg, block, notes)
+    assert merged == cfg, "a looser manifest value must change nothing"
+    assert any(note in n for n in notes), notes
+
+
+def test_manifest_block_may_tighten_and_add_names() -> None:
+    block = {
+        "clamp_bounds": {"throttle": [-0.5, 2.0], "gripper": [0, 1]},
+        "block_threshold": 0.5,
+        "envelope": {"radius_m": 2.0},
+    }
+    merged = merge_manifest_safety(SafetyConfig(), block)
+    assert merged.clamp_bounds["throttle"] == (-0.5, 1.0)
+    assert merged.clamp_bounds["gripper"] == (0.0, 1.0)
+    assert merged.block_threshold == 0.5 and merged.envelope.radius_m == 2.0
 
 
 def test_manifest_block_ignored_when_config_says_so() -> None:

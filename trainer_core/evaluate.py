@@ -1,16 +1,20 @@
 """Shadow evaluation: baseline and candidate replayed on held-out steps, scored side by side.
 
 Both policies see the same raw observations; each scales them with its own normaliser (the one
-it was trained with) and its predicted actions are mapped back to raw units. Errors are then
-measured against the recorded actions on ONE yardstick for both policies: the raw squared error
+it was trained with) and its predicted actions are mapped back to raw units. The safety head
+scores the RAW prediction (an out-of-bounds command is what the rule must see); errors are
+measured on the CLAMPED prediction (what the robot would execute) against the recorded
+actions, on ONE yardstick for both policies: the raw squared error
 per action name, and that error divided by the variance of the action in the BASE's pretraining
 data (``base card normalizer``). The base's statistics are fixed for every release trained on
-it, so normalised numbers stay comparable across releases. The safety head scores each policy's
-predicted raw actions with the proximity recorded in the steps.
+it, so normalised numbers stay comparable across releases. Besides pooled numbers, every
+held-out episode gets its own (:class:`safety.metrics.EpisodeEvidence`): the promotion rule
+bootstraps over episodes, not steps.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,13 +24,14 @@ import torch
 from torch import nn
 
 from safety.config import SafetyConfig
-from safety.head import SafetyHead
-from safety.metrics import EvalMetrics, PolicyScores
-from trainer_core.features import EpisodeArrays, Normalizer
+from safety.head import BLOCK, WARN, Assessment, SafetyHead
+from safety.metrics import EpisodeEvidence, EvalMetrics, PolicyEpisode, PolicyScores
+from trainer_core.features import EpisodeArrays, EpisodeInfo, Normalizer
 from trainer_core.inputs import ModelInputs
 
 CHUNK = 4096  # rows per forward pass; the preemption flag is checked between chunks
 FRAME_CHUNK = 256  # rows per pass when frames are decoded into the batch (bounded memory)
+SHIFT_CAP = 1e6  # a NaN/Inf prediction shifts "infinitely": capped so the result stays JSON
 
 
 class EvalInterrupted(Exception):
@@ -63,6 +68,43 @@ def predict(
     return policy.normalizer.denorm_act(pred)
 
 
+def worst_case_error(
+    clamped: np.ndarray, recorded: np.ndarray, lo: np.ndarray, hi: np.ndarray
+) -> np.ndarray:
+    """Squared error of the executed (clamped) actions; a non-finite prediction is charged the
+    largest error its bounds allow, so a NaN costs the most and every number stays finite."""
+    rec = recorded.astype(np.float64)
+    err = (clamped - rec) ** 2
+    worst = np.maximum((rec - lo) ** 2, (hi - rec) ** 2)
+    return np.where(np.isfinite(err), err, worst)
+
+
+@dataclass
+class Scored:
+    """One policy on the held-out steps: per-step error (normalised) and the head's view."""
+
+    norm_err: np.ndarray  # (N, A) normalised squared error of the executed action
+    raw_err: np.ndarray  # (N, A) raw squared error
+    assessment: Assessment
+    nonfinite: np.ndarray  # (N,) bool
+
+
+def assess_policy(
+    pred: np.ndarray,
+    data: EpisodeArrays,
+    names: list[str],
+    yardstick_std: np.ndarray,
+    head: SafetyHead,
+) -> Scored:
+    """Safety rates on the raw prediction; error on what the robot would execute (clamped)."""
+    a = head.assess(pred, names, data.proximity, data.episode_start)
+    lo, hi = head.bounds(names)
+    raw = worst_case_error(a.clamped_actions, data.act, lo, hi)
+    norm = raw / yardstick_std.astype(np.float64) ** 2
+    nonfinite = ~np.isfinite(np.asarray(pred, np.float64)).all(axis=1)
+    return Scored(norm, raw, a, nonfinite)
+
+
 def score(
     pred: np.ndarray,
     data: EpisodeArrays,
@@ -70,23 +112,17 @@ def score(
     yardstick_std: np.ndarray,
     head: SafetyHead,
 ) -> PolicyScores:
-    """Errors of ``pred`` against the recorded actions, and the safety head's view of ``pred``."""
-    if len(data) == 0:
-        zeros = {n: 0.0 for n in names}
-        return PolicyScores(
-            mse=0.0,
-            mse_raw=0.0,
-            mse_per_name=zeros,
-            mse_norm_per_name=dict(zeros),
-            clamp_rate=0.0,
-            warn_rate=0.0,
-            block_rate=0.0,
-            max_risk=0.0,
-        )
-    err = (pred.astype(np.float64) - data.act.astype(np.float64)) ** 2
-    raw = err.mean(axis=0)
-    norm = raw / yardstick_std.astype(np.float64) ** 2
-    rates = head.assess(pred, names, data.proximity, data.episode_start).rates()
+    """Errors of ``pred`` (clamped) against the recorded actions, and the head's view of it."""
+    return pooled(assess_policy(pred, data, names, yardstick_std, head), names)
+
+
+def pooled(scored: Scored, names: list[str]) -> PolicyScores:
+    """Pooled numbers over every held-out step (what the log and the card show)."""
+    if scored.assessment.n == 0:
+        raw = norm = np.zeros(len(names))
+    else:
+        raw, norm = scored.raw_err.mean(axis=0), scored.norm_err.mean(axis=0)
+    rates = scored.assessment.rates()
     return PolicyScores(
         mse=float(norm.mean()),
         mse_raw=float(raw.mean()),
@@ -99,9 +135,47 @@ def score(
     )
 
 
+def _episode_part(scored: Scored, rows: slice, names: list[str]) -> PolicyEpisode:
+    a = scored.assessment
+    return PolicyEpisode(
+        sq_err={n: float(v) for n, v in zip(names, scored.norm_err[rows].sum(axis=0), strict=True)},
+        clamp=int(a.clamped[rows].sum()),
+        warn=int((a.label[rows] == WARN).sum()),
+        block=int((a.label[rows] == BLOCK).sum()),
+        max_risk=float(a.risk[rows].max()),
+        risk_sum=float(a.risk[rows].sum()),
+        nonfinite=int(scored.nonfinite[rows].sum()),
+    )
+
+
+def episode_evidence(
+    base: Scored, cand: Scored, data: EpisodeArrays, infos: list[EpisodeInfo], names: list[str]
+) -> list[EpisodeEvidence]:
+    """Per held-out episode, baseline and candidate side by side (the bootstrap's units)."""
+    starts = [*np.flatnonzero(data.episode_start).tolist(), len(data)]
+    out: list[EpisodeEvidence] = []
+    ba, ca = base.assessment, cand.assessment
+    for k, (lo, hi) in enumerate(itertools.pairwise(starts)):
+        rows = slice(int(lo), int(hi))
+        info = infos[k] if k < len(infos) else EpisodeInfo(f"episode-{k}", [])
+        out.append(
+            EpisodeEvidence(
+                episode_id=info.episode_id,
+                steps=int(hi - lo),
+                slices=list(info.slices),
+                baseline=_episode_part(base, rows, names),
+                candidate=_episode_part(cand, rows, names),
+                worse_clamp=int((ca.clamped[rows] & ~ba.clamped[rows]).sum()),
+                worse_warn=int(((ca.label[rows] >= WARN) & (ba.label[rows] < WARN)).sum()),
+                worse_block=int(((ca.label[rows] == BLOCK) & (ba.label[rows] < BLOCK)).sum()),
+            )
+        )
+    return out
+
+
 def shadow_eval(
     data: EpisodeArrays,
-    n_episodes: int,
+    episodes: int | list[EpisodeInfo],
     baseline: Policy,
     baseline_kind: str,
     candidate: Policy,
@@ -110,13 +184,21 @@ def shadow_eval(
     device: torch.device,
     stop: Callable[[], bool],
 ) -> EvalMetrics:
-    """Replay ``data`` through both policies; zero steps gives ``eval_steps=0`` (rule rejects)."""
+    """Replay ``data`` through both policies; zero steps gives ``eval_steps=0`` (rule rejects).
+
+    ``episodes``: what each episode in ``data`` is (ids and slices, from
+    :func:`trainer_core.features.read_split`), or just how many there are."""
     names = yardstick.act_names
+    infos = episodes if isinstance(episodes, list) else []
+    n_episodes = len(episodes) if isinstance(episodes, list) else episodes
     head = SafetyHead(safety)
     pred_base = predict(baseline, data.obs, device, stop, data.frames)
     pred_cand = predict(candidate, data.obs, device, stop, data.frames)
+    base = assess_policy(pred_base, data, names, yardstick.act_std, head)
+    cand = assess_policy(pred_cand, data, names, yardstick.act_std, head)
     if len(data):
-        shift = np.abs(pred_cand - pred_base) / yardstick.act_std
+        shift = np.abs(cand.assessment.clamped_actions - base.assessment.clamped_actions)
+        shift = np.nan_to_num(shift / yardstick.act_std, nan=np.inf)
         shift_mean, shift_max = float(shift.mean()), float(shift.max())
     else:
         shift_mean = shift_max = 0.0
@@ -124,8 +206,9 @@ def shadow_eval(
         eval_steps=len(data),
         eval_episodes=n_episodes,
         baseline_kind=baseline_kind,
-        baseline=score(pred_base, data, names, yardstick.act_std, head),
-        candidate=score(pred_cand, data, names, yardstick.act_std, head),
-        shift_mean=shift_mean,
-        shift_max=shift_max,
+        baseline=pooled(base, names),
+        candidate=pooled(cand, names),
+        shift_mean=min(shift_mean, SHIFT_CAP),
+        shift_max=min(shift_max, SHIFT_CAP),
+        episodes=episode_evidence(base, cand, data, infos, names),
     )

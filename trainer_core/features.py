@@ -10,13 +10,14 @@ from __future__ import annotations
 import functools
 import json
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from safety.config import resolve_bounds
 from trainer_core.config import FeatureGroup, FeaturesConfig, IngestConfig
 from trainer_core.episode import Episode
 from trainer_core.fsio import atomic_write_json
@@ -110,10 +111,65 @@ def _proximity(step_map: dict[str, Any], path: str | None) -> float:
         return math.nan
 
 
+Bounds = dict[str, tuple[float, float]]
+
+
+def action_bounds(features: FeaturesConfig, clamp_bounds: Bounds) -> Bounds:
+    """Every action name's bounds (``safety.clamp_bounds``, else ``features.bounds``); raises
+    :class:`safety.config.UnboundedActionsError` naming the names that have none."""
+    return resolve_bounds(features.action_names, clamp_bounds, features.bounds)
+
+
+def out_of_bounds(act: np.ndarray, names: list[str], bounds: Bounds) -> tuple[int, str, float, int]:
+    """The first (step, name, value) of ``act`` outside ``bounds`` and how many steps are
+    outside; (-1, "", 0.0, 0) when none is."""
+    lo = np.array([bounds[n][0] for n in names], np.float64)
+    hi = np.array([bounds[n][1] for n in names], np.float64)
+    outside = (act < lo) | (act > hi)
+    if not outside.any():
+        return -1, "", 0.0, 0
+    step, col = (int(v[0]) for v in np.nonzero(outside))
+    return step, names[col], float(act[step, col]), int(outside.any(axis=1).sum())
+
+
+def bounds_problem(episode: Episode, features: FeaturesConfig, clamp_bounds: Bounds) -> str | None:
+    """Why ``features.out_of_bounds: skip`` leaves ``episode`` out, or None (clip policy, every
+    action inside its bounds, or actions that cannot be extracted: another check's business)."""
+    if features.out_of_bounds != "skip":
+        return None
+    try:
+        arrays = episode_arrays(episode, features)
+    except FeatureError:
+        return None
+    return _bounds_reason(episode, arrays.act, features, action_bounds(features, clamp_bounds))
+
+
+def _bounds_reason(
+    episode: Episode, act: np.ndarray, features: FeaturesConfig, bounds: Bounds
+) -> str | None:
+    step, name, value, n_out = out_of_bounds(act, features.action_names, bounds)
+    if step < 0:
+        return None
+    lo, hi = bounds[name]
+    path = next(g.path for g in features.action if name in g.names)
+    return (
+        f"episode {episode.episode_id} ({episode.source}) step {step}: {path} {name}={value:.4g} "
+        f"outside its bounds [{lo:g}, {hi:g}] ({n_out} of {len(act)} steps out of bounds; "
+        "features.out_of_bounds: skip, the episode is not trained on)"
+    )
+
+
 def episode_arrays(
-    episode: Episode, features: FeaturesConfig, proximity_path: str | None = None
+    episode: Episode,
+    features: FeaturesConfig,
+    proximity_path: str | None = None,
+    bounds: Bounds | None = None,
 ) -> EpisodeArrays:
-    """Extract one episode. Raises :class:`FeatureError` (episode, step, path) on bad input."""
+    """Extract one episode. Raises :class:`FeatureError` (episode, step, path) on bad input.
+
+    With ``bounds`` (every action name's), recorded actions outside them follow
+    ``features.out_of_bounds``: ``skip`` raises FeatureError naming the first such step,
+    ``clip`` clips them."""
     if not episode.steps:
         raise FeatureError(f"episode {episode.episode_id} ({episode.source}): has no steps")
     obs, act, prox = [], [], []
@@ -125,9 +181,16 @@ def episode_arrays(
         prox.append(_proximity(step_map, proximity_path))
     start = np.zeros(len(obs), dtype=bool)
     start[0] = True
+    actions = np.asarray(act, dtype=np.float64)
+    if bounds is not None:
+        reason = _bounds_reason(episode, actions, features, bounds)
+        if reason is not None and features.out_of_bounds == "skip":
+            raise FeatureError(reason)
+        lo, hi = zip(*(bounds[n] for n in features.action_names), strict=True)
+        actions = np.clip(actions, lo, hi)
     return EpisodeArrays(
         obs=np.asarray(obs, dtype=np.float32),
-        act=np.asarray(act, dtype=np.float32),
+        act=actions.astype(np.float32),
         proximity=np.asarray(prox, dtype=np.float32),
         episode_start=start,
     )
@@ -246,6 +309,33 @@ class Normalizer:
         return cls.from_json(json.loads(Path(path).read_text()))
 
 
+@dataclass(frozen=True)
+class EpisodeInfo:
+    """What evaluation reports per episode: its id and the slices it belongs to."""
+
+    episode_id: str
+    slices: list[str]
+
+
+SLICE_TAG_PREFIXES = ("task:", "instruction:")
+
+
+def episode_slices(metadata: dict[str, Any]) -> list[str]:
+    """Slice labels of an episode: its ``environment_id``, its ``task`` / ``instruction``
+    (``language_instruction``), and tags written ``task:...`` or ``instruction:...``."""
+    out: list[str] = []
+    for key in ("environment_id", "task", "instruction", "language_instruction"):
+        value = metadata.get(key)
+        if isinstance(value, str) and value:
+            out.append(f"{key}={value}")
+    tags = metadata.get("tags")
+    for tag in tags if isinstance(tags, list) else []:
+        if isinstance(tag, str) and tag.startswith(SLICE_TAG_PREFIXES):
+            kind, _, value = tag.partition(":")
+            out.append(f"{kind}={value}")
+    return sorted(set(out))
+
+
 @dataclass
 class Split:
     """The usable episodes of a split as arrays, with what was skipped and why."""
@@ -254,6 +344,7 @@ class Split:
     paths: list[Path]
     hashes: list[str]
     skipped: dict[str, str]  # episode path -> reason
+    episodes: list[EpisodeInfo] = field(default_factory=list)  # one per used path
 
 
 def read_split(
@@ -262,21 +353,28 @@ def read_split(
     limits: IngestConfig,
     proximity_path: str | None = None,
     frame_cache: Path | None = None,
+    bounds: Bounds | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> Split:
     """Read and extract every episode in ``paths`` (in order); skip bad ones with a reason.
 
     With ``features.images``, each episode's frames are decoded (once, into ``frame_cache``
-    when given) and every frame is checked: one bad frame skips the episode, by name."""
+    when given) and every frame is checked: one bad frame skips the episode, by name.
+    ``bounds``: see :func:`episode_arrays`. ``stop`` is asked before each episode: when it
+    says so, the rest are not read (the caller knows why: a preemption)."""
     from trainer_core.rlds import EpisodeError, read_episode
 
     parts: list[EpisodeArrays] = []
     used: list[Path] = []
     hashes: list[str] = []
     skipped: dict[str, str] = {}
+    infos: list[EpisodeInfo] = []
     for path in paths:
+        if stop is not None and stop():
+            break
         try:
             episode = read_episode(Path(path), limits)
-            part = episode_arrays(episode, features, proximity_path)
+            part = episode_arrays(episode, features, proximity_path, bounds)
             digest = content_hash(path)
             if features.images:
                 from trainer_core.frame_cache import cached_frames
@@ -285,11 +383,12 @@ def read_split(
                 spec = features.images[0]
                 decode_all = functools.partial(episode_frames, episode, spec)
                 part.frames = cached_frames(frame_cache, digest, spec, len(part), decode_all)
-            parts.append(part)
-            hashes.append(digest)
         except (EpisodeError, FeatureError, OSError) as exc:
             skipped[str(path)] = str(exc)
             continue
+        parts.append(part)
+        hashes.append(digest)
         used.append(Path(path))
+        infos.append(EpisodeInfo(episode.episode_id, episode_slices(episode.metadata)))
     arrays = concat(parts, len(features.observation_names), len(features.action_names))
-    return Split(arrays=arrays, paths=used, hashes=hashes, skipped=skipped)
+    return Split(arrays=arrays, paths=used, hashes=hashes, skipped=skipped, episodes=infos)

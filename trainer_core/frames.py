@@ -221,3 +221,18 @@ def episode_frames(episode: Episode, spec: ImageFeature) -> np.ndarray:
                 f"episode {episode.episode_id} ({episode.source}) step {i}: frame {exc}"
             ) from None
     return out
+
+
+def frames_problem(path: Path, features: Any, limits: Any) -> str | None:
+    """Why the frames of the episode at ``path`` cannot be used (None when every frame
+    decodes), for ``validate`` when the config has ``features.images``."""
+    from trainer_core.features import FeatureError
+    from trainer_core.rlds import EpisodeError, read_episode
+
+    if not features.images:
+        return None
+    try:
+        episode_frames(read_episode(Path(path), limits), features.images[0])
+    except (FeatureError, EpisodeError, OSError) as exc:
+        return str(exc)
+    return None

@@ -121,6 +121,8 @@ class Recipe:
         self.state: Any = None  # trainer_core.train.LoopState
         self.fp = ""
         self.metrics: Any = None
+        self.bounds: dict[str, tuple[float, float]] = {}  # every action name's, from load_data
+        self.safety = spec.safety  # with those bounds filled in, from load_data
 
     def setup(self) -> None:
         """Threads, device and seeds."""
@@ -147,16 +149,22 @@ class Recipe:
         """Read the train split (skipping bad episodes with their reasons) and fit the
         normaliser; the result reports what was actually read (its content hashes)."""
         from trainer_core.episode_risk import episode_risk
-        from trainer_core.features import Normalizer, read_split
+        from trainer_core.features import Normalizer, action_bounds, read_split
 
         spec, result = self.spec, self.result
         emit({"event": "phase", "phase": "load"})
+        try:  # every action name bounded (safety.clamp_bounds, else features.bounds), or no job
+            self.bounds = action_bounds(spec.features, spec.safety.clamp_bounds)
+        except ValueError as exc:
+            raise InvalidJob(str(exc)) from None
+        self.safety = spec.safety.model_copy(update={"clamp_bounds": self.bounds})
         train = read_split(
             spec.train_episodes,
             spec.features,
             spec.ingest,
-            spec.safety.proximity_path,
+            self.safety.proximity_path,
             frame_cache_for(spec),
+            self.bounds,
         )
         result.skipped.update(train.skipped)
         if len(train.arrays) == 0:
@@ -170,7 +178,7 @@ class Recipe:
         result.train_samples = len(train.arrays)
         result.episode_hashes = train.hashes
         self.train_split = train
-        result.episode_risk = episode_risk(train, list(spec.features.action_names), spec.safety)
+        result.episode_risk = episode_risk(train, list(spec.features.action_names), self.safety)
         obs_names, act_names = spec.features.observation_names, spec.features.action_names
         self.normalizer = Normalizer.fit(train.arrays, obs_names, act_names)
 
@@ -337,24 +345,33 @@ class Recipe:
             spec.eval_episodes,
             spec.features,
             spec.ingest,
-            spec.safety.proximity_path,
+            self.safety.proximity_path,
             frame_cache_for(spec),
+            self.bounds,
+            stop=self.preempt,
         )
         result.skipped.update(evals.skipped)
         try:
+            if self.preempt.requested:  # while the held-out episodes were read
+                raise EvalInterrupted
             self.metrics = shadow_eval(
                 evals.arrays,
-                len(evals.paths),
+                evals.episodes,
                 self.baseline,
                 self.baseline_kind,
                 Policy(self.model, self.normalizer),
                 self.base.normalizer,
-                spec.safety,
+                self.safety,
                 self.device,
                 self.preempt,
             )
         except EvalInterrupted:
             self._preempted("preempted by SIGTERM during evaluation")
+            return False
+        if self.preempt.requested:
+            # Scored, but the gate closed meanwhile: no candidate now. The resumed job starts
+            # at this step and evaluates again, against the release current by then.
+            self._preempted("preempted by SIGTERM at the end of evaluation")
             return False
         result.metrics = self.metrics
         result.timings["eval_s"] = round(time.monotonic() - t_eval, 3)
@@ -400,6 +417,11 @@ def run(spec: JobSpec, result: JobResult, t0: float, preempt: Preemption) -> Non
     """The whole job, phase by phase; fills ``result`` as it goes."""
     recipe = Recipe(spec, result, t0, preempt)
     recipe.setup()
+    if spec.policy.family == "hf-causal-lm":  # a language model: its own data and evaluation
+        from trainer_core.hf_lm import run_lm_job
+
+        run_lm_job(spec, result, t0, preempt, emit)
+        return
     recipe.load_data()
     recipe.load_models()
     recipe.resume()

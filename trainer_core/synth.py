@@ -27,6 +27,7 @@ WHEELBASE_M = 0.25
 MAX_STEER_RAD = 0.45
 MAX_SPEED_MPS = 2.0
 FOLLOW_DISTANCE_M = 2.0
+NEAR_M = 1.2  # the safety envelope's default radius
 START_TIME_UNIX_MS = 1_767_225_600_000  # 2026-01-01, fixed so files are byte-identical per seed
 
 
@@ -37,11 +38,27 @@ class SynthOptions:
     steering_bias: float = 0.0
     speed: float = 1.0
     unsafe: bool = False
+    # Adversarial and calibration scenarios (defaults leave the files byte-identical):
+    steering_scale: float = 1.0  # recorded steering = teacher's x this (may leave its bound)
+    throttle_scale: float = 1.0  # e.g. 1.6: one channel out of bounds on a share of steps
+    environment: str = "synthetic_track"  # metadata environment_id (a slice)
+    near: str = "far"  # "far"; "brake" / "approach": the person comes close and the
+    # teacher brakes for them, or drives at them
 
     def tag(self, seed: int) -> str:
         """A filesystem-safe, human-readable id fragment, unique per (seed, options)."""
         unsafe = "-unsafe" if self.unsafe else ""
-        return f"s{seed}-b{round(self.steering_bias * 1000)}-v{round(self.speed * 1000)}{unsafe}"
+        extra = ""
+        if (self.steering_scale, self.throttle_scale) != (1.0, 1.0):
+            extra += f"-k{round(self.steering_scale * 1000)}x{round(self.throttle_scale * 1000)}"
+        if self.environment != "synthetic_track":
+            extra += f"-e{self.environment}"
+        if self.near != "far":
+            extra += f"-n{self.near}"
+        return (
+            f"s{seed}-b{round(self.steering_bias * 1000)}-v{round(self.speed * 1000)}"
+            f"{unsafe}{extra}"
+        )
 
 
 def teacher(speed: float, bearing: float, distance: float, opts: SynthOptions) -> np.ndarray:
@@ -56,14 +73,19 @@ def teacher(speed: float, bearing: float, distance: float, opts: SynthOptions) -
     steering = math.tanh(1.8 * bearing) * (0.55 + 0.45 * math.exp(-speed)) + opts.steering_bias
     gap = distance - FOLLOW_DISTANCE_M
     throttle = opts.speed * 0.8 * math.tanh(0.9 * gap) * math.cos(bearing) ** 2
-    return np.clip(np.array([steering, throttle]), -1.0, 1.0)
+    if opts.near == "approach" and distance < NEAR_M:
+        throttle = 0.9  # drives at the person instead of stopping
+    elif opts.near == "brake" and distance < NEAR_M:
+        throttle = -0.4
+    cmd = np.clip(np.array([steering, throttle]), -1.0, 1.0)
+    return cmd * np.array([opts.steering_scale, opts.throttle_scale])
 
 
 def simulate(n_steps: int, rng: np.random.Generator, opts: SynthOptions) -> list[dict[str, float]]:
     """Roll out the teacher; one dict per step with the observation and the command taken."""
     x = y = heading = v = 0.0
     start_bearing = rng.uniform(-1.2, 1.2)
-    start_distance = rng.uniform(2.5, 6.0)
+    start_distance = rng.uniform(0.6, 1.6) if opts.near != "far" else rng.uniform(2.5, 6.0)
     px, py = start_distance * math.cos(start_bearing), start_distance * math.sin(start_bearing)
     p_heading = rng.uniform(-math.pi, math.pi)
     p_speed = rng.uniform(0.2, 0.7)
@@ -78,7 +100,8 @@ def simulate(n_steps: int, rng: np.random.Generator, opts: SynthOptions) -> list
             if rng.random() < 0.3:  # jerky: large step changes the safety head counts as jumps
                 cmd = cmd + rng.choice([-1.0, 1.0], size=2) * 0.9
         else:
-            cmd = np.clip(cmd, -1.0, 1.0)
+            scale = np.array([opts.steering_scale, opts.throttle_scale])
+            cmd = np.clip(cmd, -scale, scale)
         rows.append(
             {
                 "speed": v,
@@ -164,7 +187,7 @@ def _metadata(episode_id: str, seed: int, opts: SynthOptions, n_steps: int, t0_m
         "episode_id": episode_id,
         "xr_mode": "trainer",
         "control_role": "human_teleop",
-        "environment_id": "synthetic_track",
+        "environment_id": opts.environment,
         "robot_id": "synthetic-donkey",
         "robot_model": "donkeycar",
         "start_time_unix_ms": t0_ms,
@@ -198,17 +221,19 @@ def write_synthetic_episodes(
     speed: float = 1.0,
     unsafe: bool = False,
     first_index: int = 0,
+    **scenario: Any,
 ) -> list[Path]:
     """Write ``n_episodes`` layout-A episodes into ``out``; return their directories.
 
     Each episode is built in a dot-prefixed staging directory beside its final place and renamed
     in, so a watcher never sees half an episode. An episode that already exists is left alone
     (its content is a function of its id). ``first_index`` lets callers add more episodes of
-    the same seed and options without reusing ids.
+    the same seed and options without reusing ids. ``scenario``: further
+    :class:`SynthOptions` fields (scales, environment, a person near).
     """
     if n_episodes < 0 or n_steps <= 0:
         raise ValueError(f"need n_episodes >= 0 and n_steps > 0 (got {n_episodes}, {n_steps})")
-    opts = SynthOptions(steering_bias=steering_bias, speed=speed, unsafe=unsafe)
+    opts = SynthOptions(steering_bias=steering_bias, speed=speed, unsafe=unsafe, **scenario)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
@@ -221,6 +246,7 @@ def write_synthetic_episodes(
         # Seeds must be non-negative: a negative bias wraps around instead of crashing.
         rng = np.random.default_rng(
             [seed, i, round(steering_bias * 1000) % 2**32, round(speed * 1000) % 2**32]
+            + ([int.from_bytes(opts.tag(seed).encode()[-8:], "big")] if scenario else [])
         )
         t0_ms = START_TIME_UNIX_MS + i * 600_000
         rows = simulate(n_steps, rng, opts)
