@@ -21,6 +21,7 @@ demo: setup
 test: setup
 	$(PY) -m ruff check .
 	$(PY) -m pytest
+	$(MAKE) test-vm
 
 # The real-systemd suite (tests/vm): one qemu boot, run alone after the rest because software
 # emulation keeps both cores busy. Skips, saying why, without qemu or a VM image.
