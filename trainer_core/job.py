@@ -417,6 +417,11 @@ def run(spec: JobSpec, result: JobResult, t0: float, preempt: Preemption) -> Non
     """The whole job, phase by phase; fills ``result`` as it goes."""
     recipe = Recipe(spec, result, t0, preempt)
     recipe.setup()
+    if spec.policy.family == "hf-causal-lm":  # a language model: its own data and evaluation
+        from trainer_core.hf_lm import run_lm_job
+
+        run_lm_job(spec, result, t0, preempt, emit)
+        return
     recipe.load_data()
     recipe.load_models()
     recipe.resume()
