@@ -203,3 +203,62 @@ def test_fifo_at_mode_path_closes_the_gate_and_preempts_a_running_job(
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.parametrize("meanwhile", ["nothing", "another release lands"])
+def test_finished_candidate_waits_for_the_gate_and_is_judged_again(
+    tmp_path: Path, world: World, meanwhile: str
+) -> None:
+    """The real service and a real child; the gate closes after the child finished and before
+    the service judged its candidate (the one window a live daemon cannot be timed into)."""
+    import shutil
+
+    from daemon.service import Phase, Service
+
+    # What is tested is when the verdict is carried out, not the rule: the candidate learns
+    # steering and leaves throttle alone, so the per-name margin is widened for this world.
+    extra = {"promotion": {"max_name_regression": 0.5}}
+    root, config = make_root(tmp_path, base=world.base, mode="idle", extra=extra)
+    synth(root, root / "rlds" / "episodes", "--episodes", "12", "--steps", "100", "--seed", "5",
+          "--steering-bias", "0.3")  # fmt: skip
+    cfg, _ = load_config(config, str(root))
+    service = Service(cfg, config, {})
+    service.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not service.supervisor.running:
+            assert time.monotonic() < deadline, service.reason
+            service.tick()
+        outcome = service.supervisor.wait(120)
+        assert outcome is not None and outcome.status == "done", outcome
+        write_mode(root, "manual_control")
+        service.gate_decision = service.gate.poll()
+        assert not service.gate_decision.open
+        service.on_job_end(outcome)
+        assert service.pending is not None and service.phase == Phase.PROMOTING
+        assert "waits for the gate" in service.reason
+        if meanwhile != "nothing":
+            other = tmp_path / "other"
+            shutil.copytree(outcome.result.candidate_path, other)
+            service.store.promote(other, {"run_id": "operator"})
+        landed = service.store.current()
+        for _ in range(5):
+            service.tick()
+        assert service.store.current() == landed  # nothing promoted while the gate is closed
+        if meanwhile == "nothing":
+            assert service.pending is not None
+            write_mode(root, "idle")
+            deadline = time.monotonic() + 30
+            while service.pending is not None:
+                assert time.monotonic() < deadline, service.reason
+                service.tick()
+            decision = service.decisions[0]
+            assert decision["verdict"] == "promoted", decision
+        else:  # judged again at once: it was evaluated against what is no longer current
+            assert service.pending is None
+            decision = service.decisions[0]
+            assert decision["verdict"] == "rejected", decision
+            assert any(r.startswith("FAIL baseline") for r in decision["reasons"])
+            assert service.store.current().id == landed.id
+    finally:
+        service.shutdown()
