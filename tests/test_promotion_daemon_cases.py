@@ -262,3 +262,29 @@ def test_finished_candidate_waits_for_the_gate_and_is_judged_again(
             assert service.store.current().id == landed.id
     finally:
         service.shutdown()
+
+
+def _steps(episode: Path) -> int:
+    from trainer_core.config import IngestConfig
+    from trainer_core.rlds import EpisodeError, read_episode
+
+    try:
+        return len(read_episode(episode, IngestConfig()).steps)
+    except EpisodeError:
+        return -1
+
+
+@pytest.mark.parametrize("name", ["~000001.jsonl", ".000001.jsonl", "000001.jsonl"])
+def test_a_step_shard_is_read_exactly_when_it_is_hashed(tmp_path: Path, name: str) -> None:
+    from trainer_core.rlds.hashing import content_hash, hashed_file
+    from trainer_core.synth import write_synthetic_episodes
+
+    episode = write_synthetic_episodes(tmp_path, 1, 10, seed=0)[0]
+    shard = episode / "steps" / "000000.jsonl"
+    lines = shard.read_bytes().splitlines(keepends=True)
+    shard.write_bytes(b"".join(lines[:5]))
+    before = (_steps(episode), content_hash(episode))
+    (episode / "steps" / name).write_bytes(b"".join(lines[5:]))  # the other five steps
+    read = _steps(episode) != before[0]
+    hashed = content_hash(episode) != before[1]
+    assert read == hashed == hashed_file(f"steps/{name}")
