@@ -10,7 +10,7 @@ decision sits in one call path and is table-tested (tests/test_cycle.py).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -54,6 +54,7 @@ class Plan:
     reason: str
     train_hashes: list[str] = field(default_factory=list)
     eval_hashes: list[str] = field(default_factory=list)
+    held_back: list[str] = field(default_factory=list)  # eval paths left out: trained on
 
 
 def plan_job(
@@ -64,12 +65,21 @@ def plan_job(
     baseline: Baseline,
     safety: SafetyConfig,
     resume_from: Path | None,
+    trained: Set[str] = frozenset(),
 ) -> Plan:
     """The job for these ledger episodes: the first ``job.max_episodes`` train episodes (the
-    ledger lists new ones first), every eval episode, judged against ``baseline``."""
+    ledger lists new ones first), judged against ``baseline`` on every eval episode that no
+    release trained on (``trained``: content hashes), nor this job: held out for good, whatever
+    ``job.eval_fraction`` re-derived since. Fewer than ``job.min_episodes`` train episodes make
+    no job."""
     chosen = list(train[: cfg.job.max_episodes])
-    if not chosen:
-        return Plan(None, "no valid train episodes")
+    if len(chosen) < cfg.job.min_episodes:
+        return Plan(
+            None, f"{len(chosen)} valid train episodes (job.min_episodes is {cfg.job.min_episodes})"
+        )
+    never = set(trained) | {r.content_hash for r in chosen}
+    held_back = [r.path for r in evals if r.content_hash in never]
+    evals = [r for r in evals if r.content_hash not in never]
     spec = JobSpec(
         run_id=run_id,
         run_dir=cfg.runs_dir / run_id,
@@ -87,7 +97,10 @@ def plan_job(
         safety=safety,
     )
     reason = f"job {run_id}: {len(chosen)} train / {len(evals)} eval episodes"
-    return Plan(spec, reason, [r.content_hash for r in chosen], [r.content_hash for r in evals])
+    if held_back:
+        reason += f" ({len(held_back)} eval episodes left out: already trained on)"
+    train_hashes = [r.content_hash for r in chosen]
+    return Plan(spec, reason, train_hashes, [r.content_hash for r in evals], held_back)
 
 
 @dataclass(frozen=True)

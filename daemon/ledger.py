@@ -510,6 +510,26 @@ class Ledger:
             if cur.rowcount == 0:
                 raise LedgerError(f"record_job_end: unknown run_id {run_id!r}")
 
+    def record_trained(self, run_id: str, episode_hashes: list[str]) -> None:
+        """What the job child actually trained on (its ``result.json`` hashes), in place of the
+        plan recorded at the start: an episode it skipped, or one whose bytes changed before it
+        read them, is not counted as used under the planned hash."""
+        with self._db:
+            self._db.execute("DELETE FROM job_episodes WHERE run_id = ?", (run_id,))
+            self._db.executemany(
+                "INSERT OR IGNORE INTO job_episodes (run_id, content_hash) VALUES (?, ?)",
+                ((run_id, h) for h in episode_hashes),
+            )
+
+    def released_hashes(self) -> set[str]:
+        """Content hashes some release trained on: these never enter a candidate's eval set,
+        whatever the split settings do later (held out for good)."""
+        rows = self._db.execute(
+            "SELECT DISTINCT je.content_hash FROM job_episodes je JOIN jobs j USING (run_id) "
+            "WHERE j.release_id IS NOT NULL"
+        )
+        return {r[0] for r in rows}
+
     def last_jobs(self, limit: int = 10) -> list[JobRow]:
         """The most recent jobs, newest first."""
         rows = self._db.execute(

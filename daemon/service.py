@@ -443,11 +443,14 @@ class Service:
             baseline,
             safety,
             resumable_checkpoint(cfg.runs_dir),
+            self.ledger.released_hashes(),
         )
         spec = plan.spec
         if spec is None:
             self.phase, self.reason = Phase.IDLE, plan.reason
             return
+        if plan.held_back:
+            self.log.info("eval_held_back", job_id=run_id, episodes=plan.held_back[:20])
         self.ledger.record_job_start(run_id, self._wall(), plan.train_hashes)
         try:
             self.supervisor.start(spec)
@@ -489,6 +492,8 @@ class Service:
             steps=result.steps if result else None,
             elapsed_s=round(outcome.elapsed_s, 2),
         )
+        if result is not None:
+            self._record_child_report(run_id, result)
         if status == "preempted":
             self._record_job_end(run_id, "preempted", None, None)
             self.phase = Phase.ARMED
@@ -501,6 +506,12 @@ class Service:
             return
         self.pending = outcome
         self._judge_pending(self.gate_decision)
+
+    def _record_child_report(self, run_id: str, result: JobResult) -> None:
+        """The ledger keeps what the child actually trained on (its hashes, not the plan): an
+        episode it skipped, or whose bytes changed before it read them, is not counted as used."""
+        if result.episode_hashes:
+            self.ledger.record_trained(run_id, result.episode_hashes)
 
     def _note_unusable(self, result: JobResult | None) -> None:
         """Episodes the features could not use: kept out of training and "new" from now on,

@@ -14,6 +14,7 @@ import http.client
 import json
 import math
 import os
+import stat
 import time
 from collections import deque
 from collections.abc import Callable
@@ -69,12 +70,41 @@ def _battery_value(percent: Any, charging: Any, where: str) -> tuple[dict | None
     return {"percent": number, "charging": charging}, None
 
 
+class NotRegularFile(OSError):
+    """A FIFO, socket or device where a signal file should be: reading it could block the
+    gate poll (and with it every preemption) indefinitely."""
+
+
+def _read_regular(path: Path, limit: int) -> tuple[bytes, float]:
+    """Up to ``limit`` bytes of a regular file and its mtime. Opened with O_NONBLOCK, so a FIFO
+    with no writer (or a device) neither blocks the open nor the read: it is refused."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    with open(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFile(f"not a regular file ({_kind(st.st_mode)})")
+        return fh.read(limit), st.st_mtime
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISFIFO, "fifo"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISDIR, "directory"),
+    ):
+        if test(mode):
+            return name
+    return "special file"
+
+
 def _read_json(path: Path, label: str) -> tuple[dict | None, float | None, str | None]:
     """Parse a small JSON object file; return it with its mtime, or an error."""
     try:
-        with path.open("rb") as fh:
-            mtime = os.fstat(fh.fileno()).st_mtime
-            text = fh.read(1 << 20)
+        text, mtime = _read_regular(path, 1 << 20)
+    except NotRegularFile as exc:
+        return None, None, f"{label} {path} refused: {exc}"
     except FileNotFoundError:
         return None, None, f"{label} {path} missing"
     except OSError as exc:
@@ -271,7 +301,8 @@ class StatusHttpSource:
 
 
 def _read_text(path: Path) -> str:
-    return path.read_text(encoding="ascii", errors="replace").strip()
+    """A sysfs attribute's text (never blocking on something that is not a regular file)."""
+    return _read_regular(path, 1 << 16)[0].decode("ascii", errors="replace").strip()
 
 
 class ThermalSource:

@@ -55,6 +55,16 @@ class EpisodeEvidence(BaseModel):
     worse_block: int = 0
 
 
+class FamilyCheck(BaseModel):
+    """One pass/fail check a policy family measured itself, with the numbers in words."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    ok: bool
+    text: str
+
+
 class EvalMetrics(BaseModel):
     """Baseline vs candidate on the same held-out steps."""
 
@@ -67,4 +77,7 @@ class EvalMetrics(BaseModel):
     candidate: PolicyScores
     shift_mean: float  # mean |candidate - baseline| over steps and names, normalised units
     shift_max: float  # largest such difference
+    # Checks only some families can make (hf-causal-lm: the fixed prompt set must not regress);
+    # the promotion rule requires every one of them.
+    family_checks: list[FamilyCheck] = []
     episodes: list[EpisodeEvidence] = []  # per held-out episode; the rule decides on these

@@ -140,6 +140,8 @@ def decide(metrics: EvalMetrics | None, cfg: PromotionConfig) -> Decision:
         f"largest shift from baseline {metrics.shift_max:.4g} (max {cfg.max_shift_max:.4g})",
         value=metrics.shift_max,
     )
+    for family_check in metrics.family_checks:
+        judge.check(family_check.name, family_check.ok, family_check.text)
     return judge.decision()
 
 

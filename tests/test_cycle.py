@@ -146,23 +146,56 @@ def rows(prefix: str, n: int) -> list[EpisodeRow]:
     ]
 
 
+# (name, train rows, eval rows, max_episodes, min_episodes, trained-on hashes, expected
+#  number of train episodes or None for no job, expected eval episode ids)
+PLAN_CASES = [
+    ("no train episodes", 0, 3, 10, 1, set(), None, ["v0", "v1", "v2"]),
+    ("fewer than min_episodes", 3, 3, 10, 4, set(), None, []),
+    ("all", 3, 2, 10, 1, set(), 3, ["v0", "v1"]),
+    ("capped at max_episodes", 5, 2, 2, 1, set(), 2, ["v0", "v1"]),
+    ("no eval", 4, 0, 10, 4, set(), 4, []),
+    ("a release trained on an eval episode (split changed)", 3, 3, 10, 1, {"hv1"}, 3,
+     ["v0", "v2"]),
+    ("every eval episode trained on", 3, 2, 10, 1, {"hv0", "hv1"}, 3, []),
+]  # fmt: skip
+
+
 @pytest.mark.parametrize(
-    ("n_train", "n_eval", "max_episodes", "expect_train"),
-    [(0, 3, 10, None), (3, 2, 10, 3), (5, 2, 2, 2), (4, 0, 10, 4)],
-    ids=["no-train", "all", "capped", "no-eval"],
+    ("n_train", "n_eval", "max_episodes", "min_episodes", "trained", "expect_train", "evals"),
+    [c[1:] for c in PLAN_CASES],
+    ids=[c[0] for c in PLAN_CASES],
 )
 def test_plan_job(
-    cfg: TrainerConfig, n_train: int, n_eval: int, max_episodes: int, expect_train: int | None
+    cfg: TrainerConfig,
+    n_train: int,
+    n_eval: int,
+    max_episodes: int,
+    min_episodes: int,
+    trained: set[str],
+    expect_train: int | None,
+    evals: list[str],
 ) -> None:
-    cfg = cfg.model_copy(update={"job": cfg.job.model_copy(update={"max_episodes": max_episodes})})
+    job = cfg.job.model_copy(update={"max_episodes": max_episodes, "min_episodes": min_episodes})
+    cfg = cfg.model_copy(update={"job": job})
     baseline = Baseline("adapter:r1", "r1", Path("/r/r1"))
-    plan = plan_job(cfg, "run1", rows("t", n_train), rows("v", n_eval), baseline, cfg.safety, None)
+    train_rows, eval_rows = rows("t", n_train), rows("v", n_eval)
+    plan = plan_job(cfg, "run1", train_rows, eval_rows, baseline, cfg.safety, None, trained)
     if expect_train is None:
-        assert plan.spec is None and "no valid train" in plan.reason
+        assert plan.spec is None and "train episodes" in plan.reason
         return
     assert plan.spec is not None
     assert len(plan.spec.train_episodes) == expect_train == len(plan.train_hashes)
     assert plan.train_hashes == [f"ht{i}" for i in range(expect_train)]  # new ones come first
-    assert len(plan.spec.eval_episodes) == n_eval
+    assert [p.name for p in plan.spec.eval_episodes] == evals
+    assert not set(plan.eval_hashes) & (trained | set(plan.train_hashes))
+    assert len(plan.held_back) == n_eval - len(evals)
     assert plan.spec.baseline_id == "r1" and plan.spec.baseline_adapter == Path("/r/r1")
     assert plan.spec.run_dir == cfg.runs_dir / "run1"
+
+
+def test_plan_job_never_evaluates_on_this_jobs_own_train_episode(cfg: TrainerConfig) -> None:
+    train_rows = rows("t", 4)
+    copy = EpisodeRow("/e/copy", "copy", "ht0", 10, 0.0)  # same bytes as a train episode
+    plan = plan_job(cfg, "run1", train_rows, [copy], BASE, cfg.safety, None)
+    assert plan.spec is not None and plan.spec.eval_episodes == []
+    assert plan.held_back == ["/e/copy"]

@@ -118,6 +118,44 @@ class FeaturesConfig(_Section):
         return [n for g in self.action for n in g.names]
 
 
+class PromptCase(_Section):
+    """One fixed prompt of the hf-causal-lm regression set and the output it should give."""
+
+    prompt: str = Field(min_length=1)
+    expected: str
+
+
+class LanguageConfig(_Section):
+    """hf-causal-lm: how training pairs come out of episodes, and the fixed prompt set.
+
+    The prompt is the instruction (the first of ``instruction_paths`` in the step, else the
+    episode's ``language_instruction`` or an ``instruction:`` tag) plus ``name=value`` for each
+    of ``summary_paths``; the target is the first of ``target_paths`` the step carries (text, or
+    JSON for a structured planner/tool call).
+    """
+
+    instruction_paths: list[str] = Field(
+        default_factory=lambda: [
+            "observation.language_instruction",
+            "step_metadata.language_instruction",
+            "action.language_instruction",
+        ]
+    )
+    summary_paths: list[str] = Field(default_factory=list)
+    target_paths: list[str] = Field(
+        default_factory=lambda: ["action.planner", "action.dialog", "action.tool_calls"],
+        min_length=1,
+    )
+    max_length: int = Field(128, gt=8, description="tokens per pair; longer pairs are cut")
+    prompts: list[PromptCase] = Field(
+        default_factory=list, description="fixed prompts whose outputs must not regress"
+    )
+    scorer: str = Field(
+        "exact", description="exact (whitespace-normalised match) or python:module:function"
+    )
+    max_new_tokens: int = Field(24, gt=0)
+
+
 BUILTIN_FAMILIES = ("mlp", "transformer", "hf-causal-lm", "cnn")
 # Names known to be language models: a manifest naming one is served only by a language-model
 # family (hf-causal-lm, or a plug-in), never by a small numeric policy.
@@ -149,6 +187,7 @@ class PolicyConfig(_Section):
     model_dir: Path | None = Field(
         None, description="hf-causal-lm: a local directory with config.json and weights"
     )
+    language: LanguageConfig = Field(default_factory=LanguageConfig)
     options: dict[str, Any] = Field(
         default_factory=dict, description="free-form settings a plug-in builder reads"
     )
@@ -208,7 +247,9 @@ class LoraConfig(_Section):
 class JobConfig(_Section):
     """One training job: data selection, optimiser and the budgets the child honours."""
 
-    min_episodes: int = Field(4, gt=0, description="fewest train episodes worth a job")
+    min_episodes: int = Field(
+        4, gt=0, description="fewest train episodes the daemon plans a job with"
+    )
     max_episodes: int = Field(256, gt=0, description="newest N train episodes are used")
     eval_fraction: float = Field(0.25, gt=0, lt=1, description="share of episodes held out")
     batch_size: int = Field(64, gt=0)

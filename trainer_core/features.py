@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -354,12 +354,14 @@ def read_split(
     proximity_path: str | None = None,
     frame_cache: Path | None = None,
     bounds: Bounds | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> Split:
     """Read and extract every episode in ``paths`` (in order); skip bad ones with a reason.
 
     With ``features.images``, each episode's frames are decoded (once, into ``frame_cache``
     when given) and every frame is checked: one bad frame skips the episode, by name.
-    ``bounds``: see :func:`episode_arrays`."""
+    ``bounds``: see :func:`episode_arrays`. ``stop`` is asked before each episode: when it
+    says so, the rest are not read (the caller knows why: a preemption)."""
     from trainer_core.rlds import EpisodeError, read_episode
 
     parts: list[EpisodeArrays] = []
@@ -368,6 +370,8 @@ def read_split(
     skipped: dict[str, str] = {}
     infos: list[EpisodeInfo] = []
     for path in paths:
+        if stop is not None and stop():
+            break
         try:
             episode = read_episode(Path(path), limits)
             part = episode_arrays(episode, features, proximity_path, bounds)

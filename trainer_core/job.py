@@ -352,9 +352,12 @@ class Recipe:
             self.safety.proximity_path,
             frame_cache_for(spec),
             self.bounds,
+            stop=self.preempt,
         )
         result.skipped.update(evals.skipped)
         try:
+            if self.preempt.requested:  # while the held-out episodes were read
+                raise EvalInterrupted
             self.metrics = shadow_eval(
                 evals.arrays,
                 evals.episodes,
@@ -368,6 +371,11 @@ class Recipe:
             )
         except EvalInterrupted:
             self._preempted("preempted by SIGTERM during evaluation")
+            return False
+        if self.preempt.requested:
+            # Scored, but the gate closed meanwhile: no candidate now. The resumed job starts
+            # at this step and evaluates again, against the release current by then.
+            self._preempted("preempted by SIGTERM at the end of evaluation")
             return False
         result.metrics = self.metrics
         result.timings["eval_s"] = round(time.monotonic() - t_eval, 3)
@@ -413,6 +421,11 @@ def run(spec: JobSpec, result: JobResult, t0: float, preempt: Preemption) -> Non
     """The whole job, phase by phase; fills ``result`` as it goes."""
     recipe = Recipe(spec, result, t0, preempt)
     recipe.setup()
+    if spec.policy.family == "hf-causal-lm":  # a language model: its own data and evaluation
+        from trainer_core.hf_lm import run_lm_job
+
+        run_lm_job(spec, result, t0, preempt, emit)
+        return
     recipe.load_data()
     recipe.load_models()
     recipe.resume()

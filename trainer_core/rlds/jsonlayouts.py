@@ -17,6 +17,7 @@ from trainer_core import validate
 from trainer_core.config import IngestConfig
 from trainer_core.episode import Episode, Step
 from trainer_core.rlds.errors import EpisodeError, NotTrainingData
+from trainer_core.rlds.hashing import hashed_file
 from trainer_core.rlds.jsonio import (
     JsonProblem,
     NonFiniteValue,
@@ -311,7 +312,7 @@ def read_directory(path: Path, limits: IngestConfig) -> Episode:
         shards = sorted(
             e.name
             for e in os.scandir(steps_dir)
-            if e.name.endswith(".jsonl") and not e.name.startswith(".")
+            if e.name.endswith(".jsonl") and hashed_file(f"steps/{e.name}")
         )
     except OSError as exc:
         raise EpisodeError(f"steps/: cannot list ({exc.strerror or exc})") from None
