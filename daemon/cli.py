@@ -92,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("file", help="the trainer.yaml (or legacy JSON job config) to check")
 
+    p = add(
+        "predict",
+        "trainer_core.predict_cli:predict_command",
+        "print a release's actions on an episode, as the runtime would get them",
+    )
+    p.add_argument("target", nargs="+", metavar="[RELEASE] EPISODE")
+
     p = add("validate", "daemon.ingest:validate_command", "check episodes; never modifies them")
     p.add_argument("paths", nargs="+", type=Path, help="episodes or folders of episodes")
     p.add_argument("--json", action="store_true", help="one JSON list of verdicts")

@@ -165,6 +165,11 @@ def test_donkey_tub_imports_validates_and_trains_through_the_daemon(
         assert card["features"]["images"][0]["size"] == [30, 40]
         assert card["policy"]["family"] == "cnn"
         assert stop(proc) == 0
+        # The promoted release drives an episode as the runtime would: one action per step.
+        shown = run_cli(root, "predict", str(first), config=config)
+        assert shown.returncode == 0, shown.stderr
+        lines = [x for x in shown.stdout.splitlines() if x.startswith("step ")]
+        assert len(lines) == 49 and "steering=" in lines[0] and "(recorded " in lines[0]
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -104,8 +104,14 @@ def test_adapter_after_a_shift_halves_held_out_steering_error(cam: CamWorld) -> 
     assert (cam.root / "state" / "frames").is_dir()  # decoded once, shared with later jobs
 
 
-def test_unsafe_camera_adapter_is_not_promoted(cam: CamWorld) -> None:
+def test_unsafe_camera_drive_is_not_promoted(cam: CamWorld) -> None:
+    # Out-of-bounds throttle: by default the episodes are not trained on at all (fail closed).
     code, result = run(cam, "unsafe", cam.unsafe[:4], cam.unsafe[4:])
+    assert code == ExitCode.INVALID and result.candidate_path is None
+    assert "throttle=1.7 outside its bounds" in result.reason
+    # Clipped into bounds, the jerky full-throttle driving is learnt, and refused.
+    clip = FeaturesConfig(observation=[], images=FEATURES.images, out_of_bounds="clip")
+    code, result = run(cam, "unsafe-clip", cam.unsafe[:4], cam.unsafe[4:], features=clip)
     assert code == ExitCode.DONE, result.reason
     verdict = decide(result.metrics, PromotionConfig())
     assert not verdict.promote, verdict

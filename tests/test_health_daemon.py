@@ -74,7 +74,18 @@ def test_health_window_rolls_back_confirms_and_stops(tmp_path, base_checkpoint):
     try:
         wait_until(lambda: status(root).get("pid"), 30, "the daemon's status file", log)
         staging = tmp_path / "staging"
-        synth(root, staging, "--episodes", "12", "--steps", "100", "--seed", "5")
+        synth(
+            root,
+            staging,
+            "--episodes",
+            "12",
+            "--steps",
+            "100",
+            "--seed",
+            "5",
+            "--steering-bias",
+            "0.3",
+        )
         drop_episodes(root, staging, 12)
         write_mode(root, "idle")
         first = wait_until(lambda: decisions(root), 120, "a decision", log)[0]
@@ -124,7 +135,18 @@ def test_health_window_rolls_back_confirms_and_stops(tmp_path, base_checkpoint):
 
         # later cycles never make a bad release current again
         hold(root, "manual_control", 0.3)
-        synth(root, staging, "--episodes", "6", "--steps", "100", "--seed", "8")
+        synth(
+            root,
+            staging,
+            "--episodes",
+            "6",
+            "--steps",
+            "100",
+            "--seed",
+            "8",
+            "--steering-bias",
+            "0.3",
+        )
         drop_episodes(root, staging, 18)
         write_mode(root, "idle")
         wait_until(
@@ -143,7 +165,9 @@ def test_health_window_rolls_back_confirms_and_stops(tmp_path, base_checkpoint):
 
 
 def test_excluding_unsafe_episodes_lets_a_safe_batch_promote(tmp_path, base_checkpoint):  # noqa: F811
-    root, config = make_root(tmp_path, base=base_checkpoint, mode="manual_control")
+    # clip: the reckless driver's out-of-bounds commands reach the job (as in test_daemon)
+    extra = {"features": {"out_of_bounds": "clip"}}
+    root, config = make_root(tmp_path, extra, base=base_checkpoint, mode="manual_control")
     log = root / "daemon.log"
     proc = start_daemon(root, config)
     try:
@@ -169,7 +193,18 @@ def test_excluding_unsafe_episodes_lets_a_safe_batch_promote(tmp_path, base_chec
             )
         listing = cli(root, "episodes", "list", "--status", "excluded").stdout
         assert listing.count("drives into people") == len(unsafe)
-        synth(root, staging, "--episodes", "12", "--steps", "100", "--seed", "5")
+        synth(
+            root,
+            staging,
+            "--episodes",
+            "12",
+            "--steps",
+            "100",
+            "--seed",
+            "5",
+            "--steering-bias",
+            "0.3",
+        )
         drop_episodes(root, staging, 22)
         write_mode(root, "idle")
         second = wait_until(

@@ -106,7 +106,7 @@ def prune(cache_dir: Path, max_mb: float = DEFAULT_MAX_CACHE_MB, keep: Sequence[
     if not cache_dir.is_dir():
         return 0
     files = sorted(cache_dir.glob(f"*{SUFFIX}"), key=lambda p: p.stat().st_mtime, reverse=True)
-    keep_set = {Path(k).resolve() for k in keep}
+    keep_set = {Path(k).resolve() for k in keep if isinstance(k, str | Path)}
     total, removed = 0, 0
     for f in files:
         total += f.stat().st_size

@@ -178,6 +178,10 @@ class Recipe:
         result.train_samples = len(train.arrays)
         result.episode_hashes = train.hashes
         self.train_split = train
+        if train.arrays.frames is not None:  # keep this job's frames, drop the oldest others
+            from trainer_core.frame_cache import prune
+
+            prune(frame_cache_for(spec), keep=train.arrays.frames.parts)
         result.episode_risk = episode_risk(train, list(spec.features.action_names), self.safety)
         obs_names, act_names = spec.features.observation_names, spec.features.action_names
         self.normalizer = Normalizer.fit(train.arrays, obs_names, act_names)
