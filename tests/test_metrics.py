@@ -82,7 +82,11 @@ def test_the_daemon_writes_the_file_and_it_changes_as_a_job_runs(tmp_path: Path)
     prom.parent.mkdir()
     root, config = make_root(
         tmp_path,
-        extra={"metrics": {"textfile": str(prom)}, "job": {"max_steps": 600}},
+        extra={
+            "metrics": {"textfile": str(prom)},
+            # Long enough to be seen running on a quiet machine (600 steps took 3.5 s).
+            "job": {"max_steps": 20000, "max_wall_time_s": 15},
+        },
         mode="idle",
     )
     cli(root, "--config", str(config), "base", "init")
