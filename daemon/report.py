@@ -96,10 +96,17 @@ def _scores(policy: Any, data: Any, base: Any, cfg: TrainerConfig) -> dict[str, 
 
     from safety.head import SafetyHead
     from trainer_core.evaluate import predict, score
+    from trainer_core.features import bounded_safety
 
     pred = predict(policy, data.obs, torch.device("cpu"), lambda: False, data.frames)
     names = base.normalizer.act_names
-    scores = score(pred, data, names, base.normalizer.act_std, SafetyHead(cfg.safety))
+    scores = score(
+        pred,
+        data,
+        names,
+        base.normalizer.act_std,
+        SafetyHead(bounded_safety(cfg.features, cfg.safety)),
+    )
     return scores.model_dump()
 
 

@@ -14,6 +14,7 @@ from trainer_core.episode import Episode, Step
 from trainer_core.features import (
     FeatureError,
     Normalizer,
+    bounded_safety,
     episode_arrays,
     read_split,
     resolve,
@@ -141,3 +142,22 @@ def test_read_split_skips_bad_episodes_with_reasons(tmp_path: Path) -> None:
     assert str(missing) in split.skipped
     assert split.hashes == [content_hash(good[0]), content_hash(good[1])]
     assert content_hash(bad) != content_hash(good[0])
+
+
+def test_bounded_safety_fills_names_from_features_bounds_and_keeps_safety_first() -> None:
+    """A head built from ``bounded_safety`` clamps a name bounded only by ``features.bounds``
+    (the report once built its head from ``safety`` alone and saw such a name as unbounded)."""
+    from safety.config import SafetyConfig
+    from safety.head import SafetyHead
+
+    features = FeaturesConfig(
+        action=[FeatureGroup(path="action", names=["steering", "throttle"])],
+        bounds={"steering": (-0.5, 0.5), "throttle": (-1.0, 1.0)},
+    )
+    safety = SafetyConfig(clamp_bounds={"throttle": (-0.8, 0.8)})
+    bounded = bounded_safety(features, safety)
+    assert bounded.clamp_bounds == {"steering": (-0.5, 0.5), "throttle": (-0.8, 0.8)}
+    rates = SafetyHead(bounded).assess(np.array([[0.9, 0.0], [0.0, 0.0]]), ["steering", "throttle"])
+    assert rates.rates()["clamp_rate"] == 0.5
+    with pytest.raises(ValueError, match="steering"):
+        SafetyHead(safety).bounds(["steering", "throttle"])

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from safety.config import resolve_bounds
+from safety.config import SafetyConfig, resolve_bounds
 from trainer_core.config import FeatureGroup, FeaturesConfig, IngestConfig
 from trainer_core.episode import Episode
 from trainer_core.fsio import atomic_write_json
@@ -118,6 +118,12 @@ def action_bounds(features: FeaturesConfig, clamp_bounds: Bounds) -> Bounds:
     """Every action name's bounds (``safety.clamp_bounds``, else ``features.bounds``); raises
     :class:`safety.config.UnboundedActionsError` naming the names that have none."""
     return resolve_bounds(features.action_names, clamp_bounds, features.bounds)
+
+
+def bounded_safety(features: FeaturesConfig, safety: SafetyConfig) -> SafetyConfig:
+    """``safety`` with every action name's bounds filled in (see :func:`action_bounds`), so a
+    safety head built from it clamps every name the way the job's head does."""
+    return safety.model_copy(update={"clamp_bounds": action_bounds(features, safety.clamp_bounds)})
 
 
 def out_of_bounds(act: np.ndarray, names: list[str], bounds: Bounds) -> tuple[int, str, float, int]:

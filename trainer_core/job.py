@@ -149,7 +149,7 @@ class Recipe:
         """Read the train split (skipping bad episodes with their reasons) and fit the
         normaliser; the result reports what was actually read (its content hashes)."""
         from trainer_core.episode_risk import episode_risk
-        from trainer_core.features import Normalizer, action_bounds, read_split
+        from trainer_core.features import Normalizer, action_bounds, bounded_safety, read_split
 
         spec, result = self.spec, self.result
         emit({"event": "phase", "phase": "load"})
@@ -157,7 +157,7 @@ class Recipe:
             self.bounds = action_bounds(spec.features, spec.safety.clamp_bounds)
         except ValueError as exc:
             raise InvalidJob(str(exc)) from None
-        self.safety = spec.safety.model_copy(update={"clamp_bounds": self.bounds})
+        self.safety = bounded_safety(spec.features, spec.safety)
         train = read_split(
             spec.train_episodes,
             spec.features,
