@@ -181,6 +181,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="even to a release marked bad")
     p.add_argument("--reason", help="why (recorded in the bad mark of the release left)")
 
+    p = add(
+        "export",
+        "daemon.bundle:export_command",
+        "write what trains off the robot: a bundle (episodes, splits, config, base, release)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="folder to write (must not exist)")
+    p.add_argument(
+        "--format",
+        choices=("bundle",),
+        default="bundle",
+        help="bundle: for `torchrun -m trainer_core.distributed BUNDLE`",
+    )
+    p.add_argument("--release", help="release to include as the baseline (default: current)")
+    ada = add("adapters", "", "adapters made elsewhere (GPU host, fleet)")
+    ada_sub = ada.add_subparsers(dest="adapters_verb", required=True, metavar="ACTION")
+    p = add(
+        "import",
+        "daemon.adapters:import_command",
+        "shadow-evaluate an adapter on this robot's held-out episodes; promote it only if the "
+        "rule passes (stop the daemon first)",
+        ada_sub,
+    )
+    p.add_argument("dir", type=Path, help="a sealed adapter directory (trainer_core.distributed)")
+    p.add_argument("--source", help="recorded as 'imported from SOURCE' (default: DIR)")
+
     imp = add("import", "", "bring data from other formats in as RLDS episodes")
     imp_sub = imp.add_subparsers(dest="import_verb", required=True, metavar="FORMAT")
     for fmt, handler in (

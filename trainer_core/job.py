@@ -149,15 +149,11 @@ class Recipe:
         """Read the train split (skipping bad episodes with their reasons) and fit the
         normaliser; the result reports what was actually read (its content hashes)."""
         from trainer_core.episode_risk import episode_risk
-        from trainer_core.features import Normalizer, action_bounds, bounded_safety, read_split
+        from trainer_core.features import Normalizer, read_split
 
         spec, result = self.spec, self.result
         emit({"event": "phase", "phase": "load"})
-        try:  # every action name bounded (safety.clamp_bounds, else features.bounds), or no job
-            self.bounds = action_bounds(spec.features, spec.safety.clamp_bounds)
-        except ValueError as exc:
-            raise InvalidJob(str(exc)) from None
-        self.safety = bounded_safety(spec.features, spec.safety)
+        self.resolve_bounds()
         train = read_split(
             spec.train_episodes,
             spec.features,
@@ -186,29 +182,48 @@ class Recipe:
         obs_names, act_names = spec.features.observation_names, spec.features.action_names
         self.normalizer = Normalizer.fit(train.arrays, obs_names, act_names)
 
+    def resolve_bounds(self) -> None:
+        """Every action name bounded (safety.clamp_bounds, else features.bounds), or no job."""
+        from trainer_core.features import action_bounds, bounded_safety
+
+        spec = self.spec
+        try:
+            self.bounds = action_bounds(spec.features, spec.safety.clamp_bounds)
+        except ValueError as exc:
+            raise InvalidJob(str(exc)) from None
+        self.safety = bounded_safety(spec.features, spec.safety)
+
     def load_models(self) -> None:
         """The base with LoRA attached (to train), and the baseline to judge it against."""
         from trainer_core.base import BaseError, load_base
-        from trainer_core.evaluate import Policy
-        from trainer_core.lora import LoraError, attach_lora, load_adapter
+        from trainer_core.lora import LoraError, attach_lora
         from trainer_core.train import LoopState
 
         spec, device = self.spec, self.device
         try:
             self.base = load_base(spec.base_path, spec.policy, spec.features)
             self.model = attach_lora(self.base.model, spec.lora).to(device)
-            fresh = load_base(spec.base_path, spec.policy, spec.features).model
-            if spec.baseline_adapter is not None:
-                model, norm, _ = load_adapter(fresh, spec.baseline_adapter, self.base.sha256)
-                self.baseline = Policy(model.to(device), norm)
-                self.baseline_kind = f"adapter:{spec.baseline_id or spec.baseline_adapter.name}"
-            else:
-                self.baseline = Policy(fresh.to(device), self.base.normalizer)
-                self.baseline_kind = "base"
+            self.load_baseline()
         except (BaseError, LoraError) as exc:
             raise InvalidJob(str(exc)) from None
         self.optimizer = self._fresh_optimizer()
         self.state = LoopState()
+
+    def load_baseline(self) -> None:
+        """The release (or bare base) the candidate is judged against, on a fresh base copy."""
+        from trainer_core.base import load_base
+        from trainer_core.evaluate import Policy
+        from trainer_core.lora import load_adapter
+
+        spec, device = self.spec, self.device
+        fresh = load_base(spec.base_path, spec.policy, spec.features).model
+        if spec.baseline_adapter is not None:
+            model, norm, _ = load_adapter(fresh, spec.baseline_adapter, self.base.sha256)
+            self.baseline = Policy(model.to(device), norm)
+            self.baseline_kind = f"adapter:{spec.baseline_id or spec.baseline_adapter.name}"
+        else:
+            self.baseline = Policy(fresh.to(device), self.base.normalizer)
+            self.baseline_kind = "base"
 
     def _fresh_optimizer(self) -> Any:
         from trainer_core.lora import trainable_parameters
@@ -419,6 +434,11 @@ class Recipe:
 
 def run(spec: JobSpec, result: JobResult, t0: float, preempt: Preemption) -> None:
     """The whole job, phase by phase; fills ``result`` as it goes."""
+    if spec.candidate_adapter is not None:  # made elsewhere: judge it, train nothing
+        from trainer_core.shadow import run_shadow
+
+        run_shadow(spec, result, t0, preempt)
+        return
     recipe = Recipe(spec, result, t0, preempt)
     recipe.setup()
     if spec.policy.family == "hf-causal-lm":  # a language model: its own data and evaluation
@@ -512,6 +532,9 @@ def _main(argv: list[str] | None, t0: float, preempt: Preemption) -> int:
 
 
 if __name__ == "__main__":
+    # One module, not two: code imported later (trainer_core.shadow, hf_lm) that raises
+    # ``trainer_core.job.InvalidJob`` must raise the class this ``__main__`` catches.
+    sys.modules.setdefault("trainer_core.job", sys.modules[__name__])
     exit_code = main()
     sys.stdout.flush()
     sys.stderr.flush()

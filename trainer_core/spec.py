@@ -50,6 +50,8 @@ class JobSpec(BaseModel):
     baseline_adapter: Path | None = None  # current release dir, or None for the bare base
     baseline_id: str | None = None
     resume_from: Path | None = None  # a checkpoint dir of an earlier preempted run
+    # an adapter made elsewhere (``adapters import``): evaluated as the candidate, no training
+    candidate_adapter: Path | None = None
     features: FeaturesConfig
     policy: PolicyConfig
     lora: LoraConfig
