@@ -245,3 +245,68 @@ def test_validate_reads_frames_when_the_config_uses_them(tmp_path: Path) -> None
     assert done.returncode == 1, done.stdout + done.stderr
     assert f"OK {tmp_path / 'eps' / 'good'}" in done.stdout
     assert "REJECTED" in done.stdout and "bad/blobs/0.jpg: not a decodable image" in done.stdout
+
+
+VIDEO_COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200, 200)]
+
+
+def write_mp4(path: Path, colours: list[tuple[int, int, int]], fps: int = 10) -> None:
+    """A real mp4 written by PyAV's (FFmpeg's) MPEG-4 encoder: frame i shows colours[i]."""
+    av = pytest.importorskip("av", reason="the video extra (PyAV) is not installed")
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for c in colours:
+            frame = av.VideoFrame.from_ndarray(solid(c, (64, 48)), format="rgb24")
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+
+
+def _video_step(i: int, uri: str, t_s: float, **extra: object) -> dict:
+    rgb = {"uri": uri, "timestamp_ns": round(t_s * 1e9), "format": "mp4", **extra}
+    return step(i, observation={"media": {"rgb": rgb}})
+
+
+def test_video_frames_decoded_at_their_timestamps(tmp_path: Path) -> None:
+    ep = tmp_path / "vid_ep"
+    ep.mkdir()
+    write_mp4(ep / "front.mp4", VIDEO_COLOURS)
+    elsewhere = tmp_path / "videos" / "wrist.mp4"
+    elsewhere.parent.mkdir()
+    write_mp4(elsewhere, VIDEO_COLOURS[::-1])
+    times = [0.3, 0.0, 0.1, 0.4, 0.1]  # out of order and repeated: one pass per file anyway
+    steps = [_video_step(i, "front.mp4", t, width=64, height=48) for i, t in enumerate(times)]
+    steps.append(_video_step(5, elsewhere.as_uri(), 0.1))
+    write_a(tmp_path, "vid_ep", steps)
+    frames = episode_frames(read_episode(ep, LIMITS), SPEC)
+    want = [VIDEO_COLOURS[round(t * 10)] for t in times] + [VIDEO_COLOURS[::-1][1]]
+    for i, c in enumerate(want):
+        assert close(colour_of(frames, i), c, tol=12), (i, colour_of(frames, i), c)
+
+
+@pytest.mark.parametrize(
+    ("case", "want"),
+    [
+        ("missing", r"step 0: frame .*front\.mp4: does not exist"),
+        ("corrupt", r"step 0: frame .*front\.mp4: not a decodable video"),
+        ("past_the_end", r"step 1: frame .*front\.mp4: no frame at t=2\.0000 s"),
+        ("wrong_size", r"step 0: frame .*front\.mp4: video is 64x48, the step records 160x120"),
+    ],
+)
+def test_bad_videos_are_reasons_naming_episode_step_file(
+    tmp_path: Path, case: str, want: str
+) -> None:
+    ep = tmp_path / "bad_vid"
+    ep.mkdir()
+    write_mp4(ep / "front.mp4", VIDEO_COLOURS)
+    size = {"width": 160, "height": 120} if case == "wrong_size" else {}
+    steps = [_video_step(0, "front.mp4", 0.0, **size), _video_step(1, "front.mp4", 0.1, **size)]
+    if case == "missing":
+        (ep / "front.mp4").unlink()
+    elif case == "corrupt":
+        (ep / "front.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(3000))
+    elif case == "past_the_end":
+        steps[1] = _video_step(1, "front.mp4", 2.0)
+    write_a(tmp_path, "bad_vid", steps)
+    with pytest.raises(FeatureError, match=r"episode bad_vid \(.*\) " + want):
+        episode_frames(read_episode(ep, LIMITS), SPEC)

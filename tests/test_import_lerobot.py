@@ -549,3 +549,111 @@ def test_imported_episodes_train_through_the_job(tmp_path: Path) -> None:
     assert result.train_samples == FRAMES[0] + FRAMES[1]
     assert result.steps == 12 and result.loss_last is not None
     assert result.metrics is not None
+
+
+# --- camera frames: image features and videos --------------------------------------------------
+
+from tests.test_camera_frames import (  # noqa: E402
+    VIDEO_COLOURS,
+    close,
+    colour_of,
+    encode,
+    solid,
+    write_mp4,
+)
+from trainer_core.features import FeatureError, read_split  # noqa: E402
+from trainer_core.frames import episode_frames  # noqa: E402
+from trainer_core.image_config import ImageFeature  # noqa: E402
+from trainer_core.rlds import read_episode  # noqa: E402
+
+TOP = "observation.images.top"
+
+
+def _add_image_feature(root: Path, corrupt_at: tuple[int, int] | None = None) -> None:
+    """Give the v2.1 dataset an image feature: episode 1 by path (images/...), the others as
+    bytes in the parquet cell (LeRobot's struct of bytes/path)."""
+    info = json.loads((root / "meta" / "info.json").read_text())
+    info["features"] = {TOP: {"dtype": "image", "shape": [12, 16, 3], "names": None}} | {
+        k: v for k, v in info["features"].items() if v.get("dtype") != "video"
+    }
+    del info["video_path"]
+    (root / "meta" / "info.json").write_text(json.dumps(info))
+    (root / "images").mkdir()
+    for ep in FRAMES:
+        path = root / f"data/chunk-000/episode_{ep:06d}.parquet"
+        table = pq.read_table(path)
+        cells = []
+        for f in table.column("frame_index").to_pylist():
+            data = encode(solid(VIDEO_COLOURS[f % 5]), "PNG")
+            if (ep, f) == corrupt_at:
+                data = data[:40]
+            if ep == 1:
+                rel = f"images/ep{ep}_{f}.png"
+                (root / rel).write_bytes(data)
+                cells.append({"bytes": None, "path": rel})
+            else:
+                cells.append({"bytes": data, "path": None})
+        typ = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+        pq.write_table(table.append_column(TOP, pa.array(cells, type=typ)), path)
+
+
+def test_image_features_are_copied_into_blobs_and_train_as_frames(tmp_path: Path) -> None:
+    src = make_v21(tmp_path / "cam")
+    _add_image_feature(src)
+    out = tmp_path / "episodes"
+    summary = import_lerobot(src, out)
+    assert len(summary.written) == 3
+    shutil.move(str(out), str(tmp_path / "moved"))  # self-contained: frames travel along
+    out = tmp_path / "moved"
+    spec = ImageFeature(size=(12, 16))
+    for ep, n in FRAMES.items():
+        episode_dir = out / f"lerobot-cam-ep{ep:06d}"
+        rgb = raw_steps(episode_dir)[0]["observation"]["media"]["rgb"]
+        assert rgb == {"uri": "blobs/images_top_000000.png", "width": 16, "height": 12,
+                       "format": "png"}  # fmt: skip
+        frames = episode_frames(read_episode(episode_dir, IngestConfig()), spec)
+        for f in range(n):
+            assert close(colour_of(frames, f), VIDEO_COLOURS[f % 5], tol=1), (ep, f)
+    meta = json.loads((out / "lerobot-cam-ep000000" / "metadata.json").read_text())
+    assert meta["provenance"]["image_keys"] == [TOP]
+    assert meta["provenance"]["features_not_imported"] == []
+    import yaml
+
+    from trainer_core.config import FeaturesConfig
+
+    raw = yaml.safe_load(TRAIN_YAML.format(root=tmp_path))["features"]
+    features = FeaturesConfig.model_validate({**raw, "images": [{"size": [12, 16]}]})
+    split = read_split(sorted(out.iterdir()), features, IngestConfig(), frame_cache=tmp_path / "c")
+    assert split.skipped == {} and len(split.arrays) == sum(FRAMES.values())
+
+
+def test_a_corrupt_image_cell_is_refused_by_file_row_and_column(tmp_path: Path) -> None:
+    src = make_v21(tmp_path / "cam")
+    _add_image_feature(src, corrupt_at=(2, 3))
+    out = tmp_path / "episodes"
+    with pytest.raises(SourceError, match=r"episode_000002\.parquet row \d+, column "
+                       r"'observation\.images\.top'.*corrupt image"):  # fmt: skip
+        import_lerobot(src, out)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_videos_decode_at_their_timestamps_through_the_frame_path(tmp_path: Path) -> None:
+    src = make_v21(tmp_path / "vid")
+    for ep, n in FRAMES.items():
+        for key, colours in (("front", VIDEO_COLOURS), ("wrist", VIDEO_COLOURS[::-1])):
+            path = src / f"videos/chunk-000/observation.images.{key}/episode_{ep:06d}.mp4"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_mp4(path, [colours[(f + ep) % 5] for f in range(n)], fps=FPS)
+    out = tmp_path / "episodes"
+    import_lerobot(src, out)
+    spec = ImageFeature(size=(12, 16))
+    for ep, n in FRAMES.items():
+        frames = episode_frames(read_episode(out / f"lerobot-vid-ep{ep:06d}", IngestConfig()), spec)
+        for f in range(n):
+            assert close(colour_of(frames, f), VIDEO_COLOURS[(f + ep) % 5], tol=12), (ep, f)
+    # A missing video is a reason naming the episode, the step and the file.
+    gone = src / "videos/chunk-000/observation.images.front/episode_000001.mp4"
+    gone.unlink()
+    with pytest.raises(FeatureError, match=r"lerobot-vid-ep000001 .* step 0: frame .*"
+                       r"episode_000001\.mp4: does not exist"):  # fmt: skip
+        episode_frames(read_episode(out / "lerobot-vid-ep000001", IngestConfig()), spec)

@@ -7,7 +7,10 @@ Sources, tried in this order for each step (FORMATS.md §1):
   array; ``uri`` is ``file://`` or relative to the episode (then to its ``blobs/``);
 - ``observation.video_frame_id`` / ``observation.egocentric_video.{uri, frame_id}``, looked up
   in the episode's ``blobs/``;
-- layout B's ``step_NNNN_rgb.npy`` beside the episode (numpy, ``allow_pickle=False``).
+- layout B's ``step_NNNN_rgb.npy`` beside the episode (numpy, ``allow_pickle=False``);
+- a video: ``{uri: <file.mp4>, timestamp_ns}`` (LeRobot's camera streams, as the importer
+  writes them), decoded with PyAV (the optional ``video`` extra) at that timestamp: the nearest
+  decoded frame within half a frame interval, one sequential pass per file and episode.
 
 JPEG/PNG go through Pillow (JPEG in draft mode: the DCT scales down while decoding when the
 frame is at least twice the target size). Numpy and Pillow only: the daemon's ``validate`` may
@@ -18,6 +21,7 @@ step and file.
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -33,6 +37,8 @@ FALLBACK_PATHS = (
     "observation.egocentric_video",
 )
 MAX_FRAME_BYTES = 32 * 1024 * 1024
+VIDEO_FORMATS = ("mp4", "mkv", "webm", "mov", "avi")
+VIDEO_EXTRA_HINT = "pip install 'continuon-trainer[video]' (PyAV)"
 
 
 class FrameError(ValueError):
@@ -93,6 +99,118 @@ def locate(value: Any, root: Path) -> Path | bytes | np.ndarray:
             return _from_blobs(root, value["frame_id"])
         raise FrameError("frame object has no uri, path, frame_id or bytes")
     raise FrameError(f"is a {type(value).__name__}, not a frame reference")
+
+
+@dataclass(frozen=True)
+class VideoRef:
+    """One step's frame inside a video file: the file and the time of the frame in it."""
+
+    path: Path
+    t_s: float
+    size: tuple[int, int] | None  # (width, height) the step records, if it does
+
+
+class VideoFrameError(FrameError):
+    """A frame of a video cannot be had; ``pos`` indexes the requested times it concerns."""
+
+    def __init__(self, pos: int, message: str) -> None:
+        super().__init__(message)
+        self.pos = pos
+
+
+def video_ref(value: Any, root: Path) -> VideoRef | None:
+    """The video frame ``value`` names (a ``{uri, timestamp_ns}`` object of a video file), or
+    None when it is no video reference."""
+    if not isinstance(value, dict) or not isinstance(value.get("uri"), str):
+        return None
+    uri = value["uri"]
+    suffix = Path(urlparse(uri).path).suffix.lower().lstrip(".")
+    if value.get("format") not in VIDEO_FORMATS and suffix not in VIDEO_FORMATS:
+        return None
+    ts = value.get("timestamp_ns")
+    if not isinstance(ts, int) or isinstance(ts, bool) or ts < 0:
+        raise FrameError(f"video {uri!r}: timestamp_ns must be an integer >= 0 (got {ts!r})")
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        path = Path(unquote(parsed.path))
+    elif parsed.scheme:
+        raise FrameError(f"URI {uri!r}: only file:// or relative URIs can be read on the robot")
+    else:
+        path = _inside(root, unquote(uri))
+    return VideoRef(path, ts / 1e9, _recorded_size(value))
+
+
+def decode_video(
+    path: Path, times: list[float], spec: ImageFeature, size: tuple[int, int] | None = None
+) -> list[np.ndarray]:
+    """The preprocessed frames of the video at ``path`` at ``times`` (seconds), in their order.
+
+    One sequential decode from the keyframe before the earliest time; each time takes the
+    nearest frame, which must lie within half a frame interval of it. ``size`` (width, height)
+    is what the steps record; a stream of another size is refused. Raises
+    :class:`VideoFrameError` naming the file (and which time) on any failure.
+    """
+    try:
+        import av
+    except ImportError as exc:
+        raise VideoFrameError(
+            0, f"{path}: decoding video needs PyAV: {VIDEO_EXTRA_HINT} ({exc})"
+        ) from None
+    if not path.is_file():
+        raise VideoFrameError(0, f"{path}: does not exist")
+    order = sorted(range(len(times)), key=times.__getitem__)
+    out: list[np.ndarray | None] = [None] * len(times)
+    label = str(path)
+
+    def take(k: int, frame: Any, t: float, tol: float) -> None:
+        want = times[order[k]]
+        if abs(t - want) > tol:
+            raise VideoFrameError(
+                order[k], f"{path}: no frame at t={want:.4f} s (nearest at {t:.4f} s)"
+            )
+        out[order[k]] = decode(frame.to_ndarray(format="rgb24"), spec, f"{label} @ {want:.4f} s")
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoFrameError(0, f"{path}: has no video stream")
+            stream = container.streams.video[0]
+            w, h = stream.codec_context.width, stream.codec_context.height
+            if size is not None and (w, h) != size:
+                raise VideoFrameError(
+                    0, f"{path}: video is {w}x{h}, the step records {size[0]}x{size[1]}"
+                )
+            rate = float(stream.average_rate or stream.guessed_rate or 0) or 30.0
+            tol = 0.5 / rate + 1e-4
+            if times and times[order[0]] > 1.0 and stream.time_base:  # v3: many episodes a file
+                container.seek(int(times[order[0]] / stream.time_base), stream=stream)
+            k, prev = 0, None
+            for frame in container.decode(stream):
+                if frame.time is None:
+                    continue
+                t = float(frame.time)
+                while k < len(order) and times[order[k]] <= t:
+                    want = times[order[k]]
+                    if prev is not None and abs(prev[1] - want) < abs(t - want):
+                        take(k, prev[0], prev[1], tol)
+                    else:
+                        take(k, frame, t, tol)
+                    k += 1
+                if k == len(order):
+                    break
+                prev = (frame, t)
+            while k < len(order):  # times after the last frame: only its own interval counts
+                if prev is None:
+                    raise VideoFrameError(order[k], f"{path}: no decodable frame")
+                take(k, prev[0], prev[1], tol)
+                k += 1
+    except VideoFrameError:
+        raise
+    except FrameError as exc:
+        raise VideoFrameError(0, str(exc)) from None
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise VideoFrameError(0, f"{path}: not a decodable video ({exc})") from None
+    return out  # type: ignore[return-value]
 
 
 def _read_file(path: Path) -> bytes | np.ndarray:
@@ -160,17 +278,27 @@ def _recorded_size(value: Any) -> tuple[int, int] | None:
     return None
 
 
-def step_frame(
+def _step_value(
     episode: Episode, index: int, spec: ImageFeature, resolve: Any, missing: Any
-) -> np.ndarray:
-    """The preprocessed frame of step ``index``; FrameError (file, reason) when unusable."""
-    root = episode_dir(episode)
+) -> Any:
     step_map = episode.steps[index].as_mapping()
     value = resolve(step_map, spec.path)
     for fallback in FALLBACK_PATHS:
         if value is not missing:
             break
         value = resolve(step_map, fallback)
+    return value
+
+
+def step_frame(
+    episode: Episode, index: int, spec: ImageFeature, resolve: Any, missing: Any
+) -> np.ndarray:
+    """The preprocessed frame of step ``index``; FrameError (file, reason) when unusable."""
+    root = episode_dir(episode)
+    value = _step_value(episode, index, spec, resolve, missing)
+    ref = video_ref(value, root) if value is not missing else None
+    if ref is not None:
+        return decode_video(ref.path, [ref.t_s], spec, ref.size)[0]
     if value is missing:
         names = dict.fromkeys((f"step_{index:04d}_{spec.name}.npy", f"step_{index:04d}_rgb.npy"))
         found = [root / n for n in names if (root / n).is_file()]
@@ -212,14 +340,31 @@ def episode_frames(episode: Episode, spec: ImageFeature) -> np.ndarray:
     """Every step's frame, (T, C, H, W) uint8; raises FeatureError naming episode, step, file."""
     from trainer_core.features import _MISSING, FeatureError, resolve
 
+    def fail(i: int, exc: Exception) -> FeatureError:
+        return FeatureError(
+            f"episode {episode.episode_id} ({episode.source}) step {i}: frame {exc}"
+        )
+
     out = np.empty((len(episode.steps), *spec.shape), dtype=np.uint8)
+    root = episode_dir(episode)
+    videos: dict[tuple[Path, tuple[int, int] | None], list[tuple[int, float]]] = {}
     for i in range(len(episode.steps)):
         try:
-            out[i] = step_frame(episode, i, spec, resolve, _MISSING)
+            value = _step_value(episode, i, spec, resolve, _MISSING)
+            ref = video_ref(value, root) if value is not _MISSING else None
+            if ref is not None:  # decoded below, one pass per file
+                videos.setdefault((ref.path, ref.size), []).append((i, ref.t_s))
+            else:
+                out[i] = step_frame(episode, i, spec, resolve, _MISSING)
         except FrameError as exc:
-            raise FeatureError(
-                f"episode {episode.episode_id} ({episode.source}) step {i}: frame {exc}"
-            ) from None
+            raise fail(i, exc) from None
+    for (path, size), wanted in videos.items():
+        try:
+            frames = decode_video(path, [t for _, t in wanted], spec, size)
+        except VideoFrameError as exc:
+            raise fail(wanted[exc.pos][0], exc) from None
+        for (i, _), frame in zip(wanted, frames, strict=True):
+            out[i] = frame
     return out
 
 

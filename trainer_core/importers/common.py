@@ -79,7 +79,8 @@ class ImportedEpisode:
     metadata: dict[str, Any]
     steps: list[dict[str, Any]]
     source: str
-    blobs: dict[str, Path] = field(default_factory=dict)  # blobs/<name> -> source file to copy
+    # blobs/<name> -> source file to copy, or the bytes themselves (frames stored in a table)
+    blobs: dict[str, Path | bytes] = field(default_factory=dict)
     present_as: str | None = None  # already imported under this id (importer's own check)
 
 
@@ -173,6 +174,9 @@ def episode_files(episode: ImportedEpisode) -> dict[str, bytes]:
         STEPS_SHARD: ("\n".join(lines) + "\n").encode("utf-8"),
     }
     for name, src in episode.blobs.items():  # the episode carries its frames: movable as is
+        if isinstance(src, bytes):
+            files[f"blobs/{name}"] = src
+            continue
         try:
             files[f"blobs/{name}"] = src.read_bytes()
         except OSError as exc:

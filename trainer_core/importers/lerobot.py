@@ -9,13 +9,19 @@ the episodes metadata (``data/chunk_index``, ``data/file_index``, ``dataset_from
 Mapping: ``observation.state`` -> ``observation.robot_state.joint_positions`` (plus
 ``joint_names`` and ``observation.named_state``); ``action`` -> ``action.command`` (plus
 ``names``/``named``); the task -> ``observation.language_instruction`` and an ``instruction:``
-tag; videos -> ``observation.media`` URIs and timestamps (never decoded); other numeric
+tag; videos -> ``observation.media`` URIs and timestamps (trainer_core/frames.py decodes them
+with PyAV at those timestamps when a config trains on them); image features (a struct of
+``bytes``/``path`` per frame) -> copied into the episode's ``blobs/`` (decoded once on the way, so
+a corrupt image is refused by name) and referenced relatively with width and height; the first
+camera in ``info.json`` order is ``observation.media.rgb``, all are under
+``observation.media.cameras``; other numeric
 ``observation.*`` features -> ``observation.<rest>``; ``next.reward`` -> ``reward``;
 ``next.done`` -> ``is_terminal``. pyarrow is an optional extra, imported only here.
 """
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import math
@@ -290,6 +296,7 @@ class _Dataset:
     action_names: list[str]
     state_names: list[str] | None
     video_keys: list[str]
+    image_keys: list[str]
     skipped: list[str]
     extras: list[str]
     splits: list[tuple[str, int, int]]
@@ -326,7 +333,9 @@ def _load_dataset(root: Path, name: str) -> _Dataset:
         raise SourceError(
             info_path, "video features but no video_path template", where="video_path"
         )
-    skipped = [k for k, f in features.items() if isinstance(f, dict) and f.get("dtype") == "image"]
+    image_keys = [
+        k for k, f in features.items() if isinstance(f, dict) and f.get("dtype") == "image"
+    ]
     extras = [
         k
         for k, f in features.items()
@@ -346,7 +355,8 @@ def _load_dataset(root: Path, name: str) -> _Dataset:
             else None
         ),
         video_keys=video_keys,
-        skipped=skipped,
+        image_keys=image_keys,
+        skipped=[],
         extras=extras,
         splits=_splits(info_path, info),
         tasks={},
@@ -387,8 +397,49 @@ def _frame_columns(ds: _Dataset) -> tuple[list[str], list[str]]:
     required = ["episode_index", "frame_index", "timestamp", "action"]
     if ds.state_names is not None:
         required.append("observation.state")
+    required += ds.image_keys
     optional = ["index", "task_index", "next.reward", "next.done", *ds.extras]
     return required, optional
+
+
+IMAGE_MAGIC = {b"\x89PNG": ".png", b"\xff\xd8": ".jpg"}
+
+
+def _image_cell(
+    ds: _Dataset, key: str, cell: Any, data_path: Path, where: str, frame: int
+) -> tuple[str, bytes | Path, dict[str, Any]]:
+    """(blob name, its bytes or source file, the camera entry) of one LeRobot image cell."""
+    from PIL import Image
+
+    if not isinstance(cell, dict):
+        raise SourceError(
+            data_path, f"image cell is {type(cell).__name__}, not {{bytes, path}}", where=where
+        )
+    data, path = cell.get("bytes"), cell.get("path")
+    src: bytes | Path
+    if isinstance(data, bytes) and data:
+        src, label = data, f"{data_path} {where}"
+    elif isinstance(path, str) and path:
+        src = Path(path) if Path(path).is_absolute() else ds.root / path
+        label = str(src)
+        if not src.is_file():
+            raise SourceError(src, f"image file missing ({where} of {data_path})")
+    else:
+        raise SourceError(data_path, "image cell has neither bytes nor a path", where=where)
+    try:
+        with Image.open(io.BytesIO(src) if isinstance(src, bytes) else src) as img:
+            img.load()
+            width, height, fmt = img.width, img.height, img.format
+    except Exception as exc:  # Pillow raises many types for damaged data
+        raise SourceError(label, f"corrupt image, cannot be decoded ({exc})", where=where) from None
+    head = src[:4] if isinstance(src, bytes) else src.read_bytes()[:4]
+    suffix = next((s for m, s in IMAGE_MAGIC.items() if head.startswith(m)), f".{fmt}".lower())
+    name = f"{_extra_key(key)}_{frame:06d}{suffix}"
+    return (
+        name,
+        src,
+        {"uri": f"blobs/{name}", "width": width, "height": height, "format": suffix.lstrip(".")},
+    )
 
 
 def _extra_key(key: str) -> str:
@@ -416,6 +467,8 @@ def _build_episode(
             )
     steps: list[dict[str, Any]] = []
     instructions: list[str] = []
+    blobs: dict[str, bytes | Path] = {}
+    cameras = [k for k in ds.features if k in videos or k in ds.image_keys]
     for i, r in enumerate(rows):
 
         def at(col: str, r: int = r) -> str:
@@ -449,7 +502,7 @@ def _build_episode(
             observation["language_instruction"] = task
             if task not in instructions:
                 instructions.append(task)
-        if videos:
+        if cameras:
             cams = {
                 key: {
                     "uri": v.uri,
@@ -459,7 +512,15 @@ def _build_episode(
                 }
                 for key, v in videos.items()
             }
-            observation["media"] = {"rgb": cams[ds.video_keys[0]], "cameras": cams}
+            for key in ds.image_keys:
+                name, src, cams[key] = _image_cell(
+                    ds, key, cols[key][r], data_path, at(key), frame_col[r]
+                )
+                blobs[name] = src
+            observation["media"] = {
+                "rgb": cams[cameras[0]],
+                "cameras": {k: cams[k] for k in cameras},
+            }
         for key in ds.extras:
             if key in cols and key.startswith("observation."):
                 observation[_extra_key(key)] = _plain_value(cols[key][r], data_path, at(key))
@@ -500,6 +561,7 @@ def _build_episode(
         metadata=_metadata(ds, episode_index, data_path, steps, instructions),
         steps=steps,
         source=str(data_path),
+        blobs=blobs,
     )
 
 
@@ -565,6 +627,7 @@ def _metadata(
             "state_names": ds.state_names,
             "action_names": ds.action_names,
             "video_keys": ds.video_keys,
+            "image_keys": ds.image_keys,
             "features_not_imported": ds.skipped,
         },
     }
