@@ -294,7 +294,7 @@ class Recipe:
         import torch
 
         from trainer_core.plugins import extras
-        from trainer_core.train import Budget, train_loop
+        from trainer_core.train import train_loop
 
         result, job, state = self.result, self.spec.job, self.state
         arrays = self.train_split.arrays
@@ -307,7 +307,7 @@ class Recipe:
         emit({"event": "phase", "phase": "train"})
         t_train = time.monotonic()
         result.timings["startup_s"] = round(t_train - self.t0, 3)
-        budget = Budget(job, self.t0, self.preempt)
+        budget = self.make_budget()
         stop = train_loop(
             self.model,
             self.optimizer,
@@ -337,6 +337,12 @@ class Recipe:
             result.reason += "; no step ran, no candidate"
             return False
         return True
+
+    def make_budget(self) -> Any:
+        """The step-granular budget checks (trainer_core.distributed makes them collective)."""
+        from trainer_core.train import Budget
+
+        return Budget(self.spec.job, self.t0, self.preempt)
 
     def _preempted(self, reason: str) -> None:
         """Write the resume checkpoint and report the preemption."""
