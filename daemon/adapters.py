@@ -172,7 +172,7 @@ def _import_locked(
     environ: dict[str, str] | None,
     log: Any,
 ) -> ImportVerdict:
-    from daemon.ingest import bounds_check, scan
+    from daemon.bundle import rescan
 
     store = AdapterStore(cfg.adapters_dir, cfg.paths.manifest, model_name=cfg.policy.model_name)
     try:
@@ -188,14 +188,7 @@ def _import_locked(
     if mismatch:
         return ImportVerdict("invalid", [f"FAIL manifest: {mismatch}"], card=card)
     # The held-out set is this robot's own, as of now: bring the ledger up to date first.
-    scan(
-        cfg.paths.episodes,
-        ledger,
-        cfg.ingest,
-        cfg.job.eval_fraction,
-        time.time(),
-        accept=bounds_check(cfg),
-    )
+    rescan(cfg, ledger)
     trained = _card_hashes(card)
     evals = held_out_for(ledger.valid_episodes("eval"), ledger.released_hashes(), trained)
     need = cfg.promotion.min_eval_episodes

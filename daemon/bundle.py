@@ -101,25 +101,30 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _scan_if_idle(cfg: TrainerConfig, ledger: Ledger) -> bool:
-    """Scan the episodes folder unless a daemon holds the state folder (it keeps the ledger)."""
+def rescan(cfg: TrainerConfig, ledger: Ledger) -> None:
+    """One whole scan of the episodes folder into ``ledger``, as the daemon's would be."""
+    import time
+
     from daemon.ingest import bounds_check, scan
 
+    scan(
+        cfg.paths.episodes,
+        ledger,
+        cfg.ingest,
+        cfg.job.eval_fraction,
+        time.time(),
+        accept=bounds_check(cfg),
+    )
+
+
+def _scan_if_idle(cfg: TrainerConfig, ledger: Ledger) -> bool:
+    """Scan the episodes folder unless a daemon holds the state folder (it keeps the ledger)."""
     try:
         lock = take_instance_lock(cfg.state_dir, os.getpid())
     except AlreadyRunning:
         return False
     try:
-        import time
-
-        scan(
-            cfg.paths.episodes,
-            ledger,
-            cfg.ingest,
-            cfg.job.eval_fraction,
-            time.time(),
-            accept=bounds_check(cfg),
-        )
+        rescan(cfg, ledger)
     finally:
         lock.close()
     return True

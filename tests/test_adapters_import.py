@@ -7,7 +7,6 @@ shrunk to 30 %, so the imported one is judged against a real, weaker release."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -24,6 +23,7 @@ from daemon.instance import take_instance_lock
 from daemon.ledger import EpisodeRow, Ledger
 from daemon.store import AdapterStore
 from tests.daemon_harness import CLI, REPO, cli, make_root, synth
+from tests.test_bundle import tree_digest
 from trainer_core.bundle import seal_adapter
 
 WEIGHTS = "adapter_model.safetensors"
@@ -33,14 +33,6 @@ EXTRA = {
     "job": {"eval_fraction": 0.5},
     "promotion": {"clamp_rate_margin": 0.05, "max_clamp_rate": 0.08, "max_name_regression": 0.3},
 }
-
-
-def tree_digest(folder: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(folder.rglob("*")):
-        if f.is_file():
-            h.update(f.relative_to(folder).as_posix().encode() + f.read_bytes())
-    return h.hexdigest()
 
 
 def scaled(src: Path, dest: Path, factor: float, noise: float = 0.0) -> Path:
