@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -178,11 +179,25 @@ def health_path(config: TrainerConfig) -> Path:
 
 
 def load_state(path: Path) -> dict[str, Any]:
-    """The persisted state; a fresh one when there is none (a torn file is not trusted)."""
+    """The persisted state; a fresh one only when there is none. A file that is there but
+    cannot be read or parsed (torn, hand-edited, an I/O error) is never taken as fresh: the
+    state comes back empty with ``damaged`` set to why, and :class:`HealthWatch` fails closed
+    on it (the current release stays on probation)."""
     data, _mtime, error = _read_json(path, "health state")
-    if data is None or not isinstance(data.get("releases"), dict):
-        return {"releases": {}, "watching": None, "mode": None, "runtime": None, "error": error}
-    return data
+    releases = data.get("releases") if data is not None else None
+    if isinstance(releases, dict) and all(isinstance(r, dict) for r in releases.values()):
+        return data
+    state: dict[str, Any] = {
+        "releases": {},
+        "watching": None,
+        "mode": None,
+        "runtime": None,
+        "error": error,
+    }
+    if data is None and error is not None and error.endswith(" missing"):
+        return state
+    state["damaged"] = error or f"health state {path}: no 'releases' object of records"
+    return state
 
 
 def read_health_record(config: TrainerConfig, release_id: str) -> dict[str, Any] | None:
@@ -228,6 +243,16 @@ class HealthWatch:
         self.cfg, self.store, self.ledger, self.log, self.wall = cfg, store, ledger, log, wall
         self.path = health_path(cfg)
         self.state = load_state(self.path)
+        # Why the saved state could not be used (this lifetime only; never saved): the
+        # current release is then kept on probation rather than started afresh.
+        self.damaged: str | None = self.state.pop("damaged", None)
+        if self.damaged is not None:
+            kept = self.path.with_name(self.path.name + ".damaged")
+            try:  # keep the evidence: the next save would replace it
+                os.replace(self.path, kept)
+            except OSError:
+                kept = None
+            self.log.error("health_state_unreadable", reason=self.damaged, kept_as=str(kept))
         self._last_poll: float | None = None
         self._saved_key: str | None = None
         self._saved_at = float("-inf")
@@ -258,6 +283,8 @@ class HealthWatch:
         releases = self.state["releases"]
         previous = self.state.get("watching")
         rec = releases.get(current.id)
+        if rec is None and self.damaged is not None:
+            rec = self._probation_after_damage(current, now)
         if rec is None:
             prev_rec = releases.get(previous) if previous else None
             legacy_before = prev_rec is not None and prev_rec.get("legacy")
@@ -293,6 +320,40 @@ class HealthWatch:
             self._last_poll = None
         return rec
 
+    def _probation_after_damage(self, current: Any, now: float) -> dict[str, Any] | None:
+        """Fail closed on an unreadable health state: a current release that has something to
+        roll back to may have been on probation, so it is (again), its window restarted with
+        no counts and no predecessor record (an e-stop still rolls it back; only a whole
+        window without harm confirms it). None when there is nothing to roll back to."""
+        try:
+            predecessor = self.store.rollback_target(current.id)
+        except (OSError, StoreError):
+            predecessor = None
+        if predecessor is None:
+            return None
+        note = (
+            f"health state unreadable ({self.damaged}): kept on probation, window restarted "
+            "without the lost counts"
+        )
+        rec = {
+            "state": "probation",
+            "reason": note,
+            "note": note,
+            "mandatory": False,
+            "predecessor": predecessor,
+            "legacy": current.legacy,
+            "since": now,
+            "autonomous_s": 0.0,
+            **{k: 0 for k in KINDS},
+            "errors": 0,
+        }
+        self.state["releases"][current.id] = rec
+        self.state["watching"] = current.id
+        self.log.warning(
+            "health_probation", release=current.id, predecessor=predecessor, reason=rec["reason"]
+        )
+        return rec
+
     def _count(self, rec: dict[str, Any], now: float) -> None:
         data, _mtime, error = _read_json(self._mode_file(), "mode file")
         mode = data.get("mode") if data else None
@@ -324,7 +385,8 @@ class HealthWatch:
     def _judge(self, rid: str, rec: dict[str, Any], now: float) -> None:
         old = self.state["releases"].get(rec.get("predecessor") or "")
         verdict = judge(rec, old, self.hcfg)
-        rec["reason"] = verdict.reason
+        # a probation restarted after a damaged state keeps saying so
+        rec["reason"] = verdict.reason + (f"; {rec['note']}" if rec.get("note") else "")
         if verdict.state == "confirmed":
             rec["state"] = "confirmed"
             self.log.info("health_confirmed", release=rid, reason=verdict.reason)
@@ -388,5 +450,7 @@ class HealthWatch:
             "autonomous_s": round(rec.get("autonomous_s", 0.0), 1),
             **{k: rec.get(k, 0) for k in KINDS},
             "mode": self.state.get("mode"),
-            "error": self.state.get("error") or self.state.get("runtime_error"),
+            "error": (f"health state unreadable at start: {self.damaged}" if self.damaged else None)
+            or self.state.get("error")
+            or self.state.get("runtime_error"),
         }

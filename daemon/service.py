@@ -37,7 +37,12 @@ from daemon.notify import Notifier
 from daemon.precheck import manifest_model_mismatch, read_manifest
 from daemon.runs import clean_runs, resumable_checkpoint
 from daemon.snapshot import decision_entry, job_view, status_line
-from daemon.status import episode_states, format_episodes, write_status
+from daemon.status import (
+    episode_states,
+    format_episodes,
+    remove_stale_state_temps,
+    write_status,
+)
 from daemon.store import AdapterStore, StoreError, utc_stamp
 from daemon.supervisor import JobSupervisor, Outcome, reap_orphan
 from daemon.trigger import History, trigger
@@ -151,6 +156,8 @@ class Service:
         if orphan:
             self.log.warning("orphan_job_reaped", detail=orphan)
         self._clean_runs()
+        for path in remove_stale_state_temps(cfg):
+            self.log.info("stale_temp_removed", path=str(path))
         self.gate = build_gate(cfg.gate, os.getpid(), self._monotonic, self._wall)
         self.health = HealthWatch(cfg, self.store, self.ledger, self.log, self._wall)
         self.watcher = self._start_watcher()

@@ -16,7 +16,7 @@ from typing import Any
 import psutil
 
 from daemon.config import TrainerConfig
-from trainer_core.fsio import atomic_write_json
+from trainer_core.fsio import atomic_write_json, remove_stale_temps
 
 STALE_AFTER_S = 30.0  # a running daemon rewrites the file at least every second
 # ``status --json`` has this one schema whether or not the daemon runs (README "status --json").
@@ -46,6 +46,28 @@ EPISODE_STATES = ("settling", "valid", "trainable", "rejected", "excluded")
 def write_status(path: Path, snapshot: dict[str, Any]) -> None:
     """Atomically replace the status file."""
     atomic_write_json(path, snapshot)
+
+
+def remove_stale_state_temps(cfg: TrainerConfig) -> list[Path]:
+    """At start: the atomic writer's temp files a power cut or crash left beside the files the
+    daemon and its jobs write (state dir: status, health, job pid; each run dir: spec, result;
+    the metrics textfile's folder: only the textfile's own). Never anything in the episodes
+    folder (a user's), and the store cleans its own (``AdapterStore.recover``)."""
+    episodes = cfg.paths.episodes.resolve()
+    folders: list[tuple[Path, set[str] | None]] = [(cfg.state_dir, None)]
+    if cfg.runs_dir.is_dir():
+        folders += [(run, None) for run in sorted(cfg.runs_dir.iterdir()) if run.is_dir()]
+    textfile = cfg.metrics.textfile
+    if textfile is not None:
+        folders.append((textfile.parent, {textfile.name}))
+    boot = psutil.boot_time()
+    removed: list[Path] = []
+    for folder, targets in folders:
+        resolved = folder.resolve()
+        if resolved == episodes or episodes in resolved.parents:
+            continue  # a user's folder: never ours to clean
+        removed += remove_stale_temps(folder, targets, boot_time=boot)
+    return removed
 
 
 def _is_number(value: Any) -> bool:

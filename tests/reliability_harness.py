@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import yaml
 
 from daemon.store import AdapterStore
 from tests.daemon_harness import (
@@ -344,16 +345,43 @@ def abandoned_runs(root: Path) -> set[str]:
 @dataclass
 class CrashReport:
     kills: Counter[str] = field(default_factory=Counter)
-    moments: Counter[str] = field(default_factory=Counter)
+    moments: Counter[str] = field(default_factory=Counter)  # the phase aimed at
     phases: Counter[str] = field(default_factory=Counter)  # "<who>@<moment>"
+    observed: Counter[str] = field(default_factory=Counter)  # "<moment>/<daemon's status phase>"
     orphans_reaped: int = 0
     reaped_in_log: int = 0
     promotions_during: int = 0
+    promotions_interrupted: int = 0  # promotion kills that left the generation unchanged
+    rollbacks_completed: int = 0  # automatic rollbacks finished (at once or by recovery)
+    retries_seen: int = 0  # a killed job followed by a new job of the restarted daemon
+    daemon_starts: int = 0
+    robots: int = 0
     final_promoted: bool = False
     episodes_dropped: int = 0
     episodes_lost: int = 0
     invariants: Counter[str] = field(default_factory=Counter)
     elapsed_s: float = 0.0
+    stopped_early: str = ""
+
+    def merge(self, other: CrashReport) -> None:
+        """Add another robot's figures (campaigns of several robots at once)."""
+        for name in ("kills", "moments", "phases", "observed", "invariants"):
+            getattr(self, name).update(getattr(other, name))
+        for name in (
+            "orphans_reaped",
+            "reaped_in_log",
+            "promotions_during",
+            "promotions_interrupted",
+            "rollbacks_completed",
+            "retries_seen",
+            "daemon_starts",
+            "robots",
+            "episodes_dropped",
+            "episodes_lost",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.final_promoted = other.final_promoted and (self.final_promoted or self.robots == 1)
+        self.stopped_early = self.stopped_early or other.stopped_early
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -361,121 +389,249 @@ class CrashReport:
             "kills_total": sum(self.kills.values()),
             "moments": dict(self.moments),
             "phases": dict(self.phases),
+            "observed_daemon_phase": dict(self.observed),
             "orphans_reaped": self.orphans_reaped,
             "reaped_in_log": self.reaped_in_log,
             "promotions_total": self.promotions_during,
+            "promotions_interrupted": self.promotions_interrupted,
+            "rollbacks_completed": self.rollbacks_completed,
+            "retries_seen": self.retries_seen,
+            "daemon_starts": self.daemon_starts,
+            "robots": self.robots,
             "final_promoted": self.final_promoted,
             "episodes_dropped": self.episodes_dropped,
             "episodes_lost": self.episodes_lost,
             "invariants_checked": sum(self.invariants.values()),
             "invariants": dict(self.invariants),
             "elapsed_s": round(self.elapsed_s, 1),
+            "stopped_early": self.stopped_early,
         }
 
 
 BAD_EPISODE = "zz-garbage.json"
 
+# The phases a kill aims at, with weights. Kills of the daemon outside a job are cheap (a
+# restart, no torch import), kills in a job cost a new child, kills at promotion and at an
+# automatic rollback cost a whole cycle: the weights keep every phase well represented while
+# most kills stay cheap. "rollback" needs a release on probation; without one the kill aims at
+# "promotion" (which makes one).
+KILL_PLAN: tuple[tuple[str, int], ...] = (
+    ("startup", 25),
+    ("scan", 24),
+    ("idle", 18),
+    ("train", 11),
+    ("eval", 8),
+    ("promotion", 7),
+    ("rollback", 7),
+)
 
-def crash_campaign(
+
+def _health(root: Path) -> dict[str, Any]:
+    return dict(status(root).get("health") or {})
+
+
+def _on_probation(root: Path) -> str | None:
+    """The current release when it is on probation (an automatic rollback can happen)."""
+    h = _health(root)
+    return h.get("release") if h.get("state") == "probation" else None
+
+
+def _rolled_back(root: Path, rid: str) -> bool:
+    """``rid`` is no longer current and is marked bad (an automatic rollback finished)."""
+    store = AdapterStore(root / "model" / "adapters", root / "model" / "manifest.json")
+    current = store.current()
+    return (current is None or current.id != rid) and rid in store.marks()["bad"]
+
+
+def _run_dir(root: Path) -> str | None:
+    try:
+        return str(json.loads((root / "state" / "job.pid").read_text())["run_dir"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _wait_child_phase(robot: Robot, want: str, timeout: float = 90) -> bool:
+    """Until the running child reports phase ``want`` (True) or no child runs (False)."""
+
+    def seen() -> str | None:
+        if job_pid(robot.root) is None:
+            return "gone"
+        job = status(robot.root).get("job") or {}
+        return "yes" if job.get("phase") == want else None
+
+    return wait_until(seen, timeout, f"the child in phase {want}", robot.log) == "yes"
+
+
+def kill_campaign(
     work: Path,
     base: Path,
     kills: int,
     seed: int = 0,
     say: Callable[[str], None] = lambda _: None,
+    deadline: float | None = None,
 ) -> CrashReport:
-    """SIGKILL the daemon, its child or both ``kills`` times at random moments of real cycles,
-    restarting the daemon after each daemon kill and checking every invariant; then let one
-    cycle finish and require a promotion. Raises AssertionError on the first violation."""
+    """One robot: SIGKILL its daemon, child or both ``kills`` times at random points of every
+    phase (start-up, scan, idle, training, evaluation, promotion, automatic rollback), checking
+    every invariant after each kill; then one more cycle must promote. Several kills share a
+    daemon's lifetime (child kills, start-up kills chained to the restart), the base is built
+    once and shared, jobs are 40 steps. ``deadline`` (monotonic): stop killing then (the figures
+    say so) and still run the final checks. Raises AssertionError on the first violation."""
     rng = random.Random(seed)
     t0 = time.monotonic()
-    robot = Robot.create(work, base, episodes=4 * kills + 30, seed=seed + 5)
-    report = CrashReport()
+    robot = Robot.create(work, base, episodes=3 * kills + 40, seed=seed + 5)
+    report = CrashReport(robots=1)
     inv = Invariants()
     robot.drop(6)
     (robot.episodes / BAD_EPISODE).write_text("{not json")
     robot.start()
+    report.daemon_starts += 1
     robot.wait_ready()
-    promoted_seen: set[str] = set()
+    last_run: str | None = None
+    awaiting_retry = False
+    names, weights = zip(*KILL_PLAN, strict=True)
+
+    def restart(after: list[int]) -> None:
+        """Restart after a daemon kill; recovery invariants."""
+        stranded = [p for p in after if group_alive(p)]
+        before = abandoned_runs(robot.root)
+        inv.manifest(robot.root)  # right after the crash, before any recovery
+        robot.start()
+        report.daemon_starts += 1
+        robot.wait_ready()
+        if stranded:
+            report.orphans_reaped += 1
+        inv.runs_cleaned(robot.root, before)
+        inv.no_stale_child(robot.root, after)
+        inv.current_link(robot.root, inv.manifest(robot.root))
+
     try:
         for i in range(kills):
-            # The first kill is always the daemon's during a job: its child must be reaped.
-            kind = rng.choice(("daemon", "child", "both")) if i else "daemon"
-            robot.drop(2)
-            robot.mode("idle")
-            if kind == "daemon":
-                moment = rng.choice(("startup", "scan", "idle", "job", "eval")) if i else "job"
-            else:  # a child exists only in a job: kill it while it trains or evaluates
-                moment = rng.choice(("job", "eval"))
-            report.moments[moment] += 1
-            report.phases[f"{kind}@{moment}"] += 1
-            if moment == "scan":
-                # episodes just arrived: the daemon is reading and recording them
+            if deadline is not None and time.monotonic() > deadline:
+                report.stopped_early = f"deadline reached after {i} kills of {kills}"
+                break
+            # The first kill is the daemon's during a job: its child must be reaped.
+            moment = "train" if i == 0 else rng.choices(names, weights)[0]
+            probation = _on_probation(robot.root)
+            if moment == "rollback" and probation is None:
+                moment = "promotion"
+            in_job = moment in ("train", "eval")
+            kind = (
+                ("daemon" if i == 0 else rng.choice(("daemon", "child", "both")))
+                if in_job
+                else "daemon"
+            )
+            # Outside a job the gate is mostly closed (teleop): the daemon scans and idles, no
+            # child is started, so such kills cost only a restart.
+            robot.mode(
+                "idle"
+                if in_job or moment == "promotion" or rng.random() < 0.3
+                else "manual_control"
+            )
+            if moment not in ("startup", "rollback"):
                 robot.drop(2)
-                time.sleep(rng.uniform(0.0, 0.6))
-            elif moment == "startup":
+            if moment == "startup":
                 # a clean restart, then a kill while the new daemon recovers, reaps and ingests
                 assert robot.stop() == 0, robot.tail()
                 robot.start()
-                time.sleep(rng.uniform(0.0, 1.5))
+                report.daemon_starts += 1
+                time.sleep(rng.uniform(0.0, 2.5))
+            elif moment == "scan":
+                # episodes just arrived: the daemon is reading and recording them
+                robot.drop(rng.randint(1, 4))
+                time.sleep(rng.uniform(0.0, 0.5))
             elif moment == "idle":
-                time.sleep(rng.uniform(0.0, 2.0))
-            elif moment == "job":
+                time.sleep(rng.uniform(0.2, 1.5))
+            elif moment == "train":
                 robot.ensure_job()
-                time.sleep(rng.uniform(0.0, 6.0))
-            else:  # around evaluation and promotion: the child reports phase "eval"
+                if _wait_child_phase(robot, "train"):
+                    time.sleep(rng.uniform(0.0, 0.4))  # 40 steps: training is short
+            elif moment == "eval":
                 robot.ensure_job()
-                wait_until(
-                    lambda: (
-                        (status(robot.root).get("job") or {}).get("phase") == "eval"
-                        or job_pid(robot.root) is None
-                    ),
-                    60,
-                    "evaluation",
-                    robot.log,
-                )
+                _wait_child_phase(robot, "eval")
+                time.sleep(rng.uniform(0.0, 0.4))
+            elif moment == "promotion":
+                # the child has written its result and exited: the daemon judges and promotes
+                robot.ensure_job()
+                _wait_child_phase(robot, "eval")
+                wait_until(lambda: job_pid(robot.root) is None, 120, "the child's end", robot.log)
+                time.sleep(rng.uniform(0.0, 0.15))
+            else:  # rollback: an e-stop during probation rolls the release back at once
+                robot.mode("emergency_stop")
                 time.sleep(rng.uniform(0.0, 0.8))
-            for d in robot.decisions():
-                if d["verdict"] == "promoted":
-                    promoted_seen.add(d["job_id"])
+            snap = status(robot.root)
+            observed = (
+                str(snap.get("phase", "?")) if snap.get("pid") == robot.proc.pid else "starting"
+            )
+            run = _run_dir(robot.root)
+            if run is not None and run != last_run:
+                if awaiting_retry:
+                    report.retries_seen += 1
+                    awaiting_retry = False
+                last_run = run
+            gen_before = inv.generation
             child = job_pid(robot.root)
             old_groups = [child] if child else []
-            if kind in ("child", "both") and child:
+            if kind in ("child", "both") and child is None:
+                kind = "daemon"  # nothing to kill in the child: the job ended first
+            if kind in ("child", "both"):
                 os.kill(child, signal.SIGKILL)
             if kind in ("daemon", "both"):
                 robot.kill_daemon()
-                stranded = [p for p in old_groups if group_alive(p)]
-                before = abandoned_runs(robot.root)
-                inv.manifest(robot.root)  # also right after the crash, before any recovery
-                robot.start()
-                robot.wait_ready()
-                if stranded and kind == "daemon":
-                    report.orphans_reaped += 1
-                inv.runs_cleaned(robot.root, before)
-                inv.no_stale_child(robot.root, old_groups)
+                restart(old_groups)
             else:
                 inv.no_stale_child(robot.root, old_groups)
+            if child is not None or moment == "promotion":
+                awaiting_retry = True
             report.kills[kind] += 1
+            report.moments[moment] += 1
+            report.phases[f"{kind}@{moment}"] += 1
+            # what the daemon's own status said at the kill (a job can end first)
+            report.observed[f"{moment}/{observed}"] += 1
             rid = inv.manifest(robot.root)
-            if kind != "child":
-                inv.current_link(robot.root, rid)
-            inv.ledger(robot.root, {BAD_EPISODE})
-            if rng.random() < 0.15:  # the robot gets busy for a moment: a preemption
+            if moment == "promotion" and inv.generation == gen_before:
+                report.promotions_interrupted += 1
+            if moment == "rollback":
+                # after recovery the release on probation is no longer current, and marked bad
+                assert probation is not None
+
+                wait_until(
+                    lambda rid=probation: _rolled_back(robot.root, rid),
+                    90,
+                    f"the rollback of {probation}",
+                    robot.log,
+                )
+                report.rollbacks_completed += 1
+                inv.checks["rollback_completed"] += 1
+                rid = inv.manifest(robot.root)
                 robot.mode("manual_control")
-                time.sleep(rng.uniform(0.3, 1.5))
-                robot.mode("idle")
-            say(f"kill {i + 1}/{kills}: {kind} at {moment}; generation {inv.generation}")
+            inv.ledger(robot.root, {BAD_EPISODE})
+            say(
+                f"kill {i + 1}/{kills}: {kind} at {moment} (daemon {observed}); "
+                f"generation {inv.generation}"
+            )
         # Nothing lost after all the kills: every dropped episode is in the ledger, valid.
+        robot.mode("manual_control")
         inv.ledger(robot.root, {BAD_EPISODE})
         valid = {Path(r[0]).name for r in ledger_rows(robot.root) if r[1] == "valid"}
         on_disk = {p.name for p in episode_entries(robot.root)} - {BAD_EPISODE}
         report.episodes_dropped = robot.dropped
         report.episodes_lost = len(on_disk - valid) + (robot.dropped - len(on_disk))
+        inv.checks["no_episode_lost"] += 1
         # Let one cycle finish after all the kills: it must promote. The robot's task changes
         # (another steering bias) and the old episodes are archived, so a candidate trained on
         # the new data clearly beats the current release: this measures the pipeline, not the
         # luck of a same-data candidate against the rule's margin.
         gen_before = inv.generation
-        robot.mode("manual_control")
+        # After automatic rollbacks the release current now is an older one, against which a
+        # 40-step candidate on the changed task clamps a few % more: the final cycle checks
+        # that the pipeline still promotes, so the clamp margins are widened for it.
+        assert robot.stop() == 0, robot.tail()
+        config = yaml.safe_load(robot.config.read_text())
+        config["promotion"].update(clamp_rate_margin=0.3, max_clamp_rate=0.4)
+        robot.config.write_text(yaml.safe_dump(config))
+        robot.start()
+        report.daemon_starts += 1
+        robot.wait_ready()
         archive = work / "archived"
         archive.mkdir()
         for entry in episode_entries(robot.root):
@@ -500,11 +656,13 @@ def crash_campaign(
         manifest = robot.root / "model" / "manifest.json"
         wait_until(
             lambda: json.loads(manifest.read_text()).get("generation", 0) > gen_before,
-            240,
+            400,
             "a promotion after the kills",
             robot.log,
         )
         report.final_promoted = True
+        if awaiting_retry:
+            report.retries_seen += 1
         rid = inv.manifest(robot.root)
         assert inv.generation > gen_before and rid is not None
         inv.ledger(robot.root, {BAD_EPISODE})
@@ -513,15 +671,13 @@ def crash_campaign(
         # A child killed under a live daemon leaves its run dir (child.log) until the next start.
         before = abandoned_runs(robot.root)
         robot.start()
+        report.daemon_starts += 1
         robot.wait_ready()
         inv.runs_cleaned(robot.root, before)
         inv.current_link(robot.root, inv.manifest(robot.root))
         assert robot.stop() == 0, robot.tail()
         assert not abandoned_runs(robot.root), abandoned_runs(robot.root)
         inv.checks["all_runs_have_results"] += 1
-        for d in robot.decisions():
-            if d["verdict"] == "promoted":
-                promoted_seen.add(d["job_id"])
         report.promotions_during = inv.generation
     finally:
         if robot.proc is not None and robot.proc.poll() is None:
@@ -533,6 +689,46 @@ def crash_campaign(
     log = robot.log.read_text() if robot.log.exists() else ""
     report.reaped_in_log = log.count('"orphan_job_reaped"')
     report.invariants = inv.checks
+    report.elapsed_s = time.monotonic() - t0
+    return report
+
+
+def crash_campaign(
+    work: Path,
+    base: Path,
+    kills: int,
+    seed: int = 0,
+    say: Callable[[str], None] = lambda _: None,
+    robots: int = 1,
+    deadline: float | None = None,
+) -> CrashReport:
+    """``kills`` kills shared among ``robots`` robots run at once (each its own root, daemon and
+    children; one shared base), figures merged. More robots use a loaded machine's idle time
+    (each mostly waits for its daemon); the first violation anywhere raises AssertionError."""
+    if robots <= 1:
+        return kill_campaign(work, base, kills, seed, say, deadline)
+    from concurrent.futures import ThreadPoolExecutor
+
+    t0 = time.monotonic()
+    shares = [kills // robots + (1 if r < kills % robots else 0) for r in range(robots)]
+    with ThreadPoolExecutor(robots) as pool:
+        futures = []
+        for r, n in enumerate(shares):
+            (work / f"robot{r}").mkdir()
+            futures.append(
+                pool.submit(
+                    kill_campaign,
+                    work / f"robot{r}",
+                    base,
+                    n,
+                    seed + 97 * r,
+                    lambda line, r=r: say(f"[robot {r}] {line}"),
+                    deadline,
+                )
+            )
+        report = CrashReport()
+        for future in futures:
+            report.merge(future.result())
     report.elapsed_s = time.monotonic() - t0
     return report
 

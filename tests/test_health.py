@@ -184,3 +184,43 @@ def test_the_first_release_after_a_legacy_adapter_has_a_mandatory_window(robot, 
     note = legacy_baseline_note(legacy)
     assert note and note[0].startswith("NOTE baseline") and "mandatory" in note[0]
     assert legacy_baseline_note(store.current()) == []
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [b'{"releases": {"r2-', b'{"releases": ["not", "records"]}', b"\xff\xfe garbage"],
+    ids=["torn", "wrong-shape", "not-utf8"],
+)
+def test_a_damaged_health_state_keeps_the_release_on_probation(robot, tmp_path, damage):
+    """Fail closed: an unreadable state/health.json is never a fresh start (which would make
+    the release on probation "observing", beyond any automatic verdict)."""
+    root, cfg, store, ledger, watch, clock = robot
+    r1 = store.promote(make_candidate(tmp_path, "a"), card()).id
+    drive(root, watch, clock, [("idle", 1)])
+    r2 = store.promote(make_candidate(tmp_path, "b"), card()).id
+    drive(root, watch, clock, [("autonomous", 3)])
+    assert watch.snapshot()["state"] == "probation"
+    path = cfg.state_dir / "health.json"
+    path.write_bytes(damage)  # by hand, or a card that returned garbage
+    again = HealthWatch(cfg, store, ledger, get_logger(), wall=lambda: clock[0])
+    drive(root, again, clock, [("autonomous", 3)])
+    snap = again.snapshot()
+    assert snap["release"] == r2 and snap["state"] == "probation", snap
+    assert "health state unreadable" in snap["reason"] and "unreadable" in snap["error"]
+    assert (cfg.state_dir / "health.json.damaged").read_bytes() == damage  # evidence kept
+    # the verdicts still work: an e-stop rolls it back
+    drive(root, again, clock, [("emergency_stop", 1)])
+    assert store.current().id == r1 and r2 in store.marks()["bad"]
+    # and the rewritten state is whole again: a third start reads it as it is
+    third = HealthWatch(cfg, store, ledger, get_logger(), wall=lambda: clock[0])
+    assert third.damaged is None and third.state["releases"][r2]["state"] == "rolled_back"
+
+
+def test_a_missing_health_state_is_a_fresh_start(robot, tmp_path) -> None:
+    root, cfg, store, ledger, _watch, clock = robot
+    store.promote(make_candidate(tmp_path, "a"), card())
+    store.promote(make_candidate(tmp_path, "b"), card())
+    fresh = HealthWatch(cfg, store, ledger, get_logger(), wall=lambda: clock[0])
+    assert fresh.damaged is None
+    drive(root, fresh, clock, [("idle", 1)])
+    assert fresh.snapshot()["state"] == "observing"

@@ -11,12 +11,18 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 TEMP_PREFIX = ".tmp-"
+# What atomic_write_bytes leaves when a crash or power cut hits it between mkstemp and replace:
+# ".tmp-<target name>.<mkstemp's 8 random characters>", a regular file.
+_OWN_TEMP = re.compile(re.escape(TEMP_PREFIX) + r"(?P<target>.+)\.[A-Za-z0-9_]{8}")
+STALE_TEMP_AGE_S = 60.0
 
 
 def fsync_dir(path: Path) -> None:
@@ -104,3 +110,37 @@ def sha256_file(path: Path) -> str:
     """Hex sha256 of a file's bytes (read in chunks, never all at once)."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def remove_stale_temps(
+    folder: Path,
+    targets: set[str] | None = None,
+    boot_time: float | None = None,
+    now: float | None = None,
+) -> list[Path]:
+    """Remove the temp files :func:`atomic_write_bytes` left in ``folder`` (not recursive):
+    only regular files of its own naming (for a target in ``targets`` when given), from before
+    ``boot_time`` (a power cut's) or older than STALE_TEMP_AGE_S (a crash's; a younger one may
+    be another process's write in flight). Returns what was removed; errors leave a file be."""
+    now = time.time() if now is None else now
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _OWN_TEMP.fullmatch(entry.name)
+        if match is None or (targets is not None and match["target"] not in targets):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            before_boot = boot_time is not None and st.st_mtime < boot_time
+            if not (before_boot or now - st.st_mtime >= STALE_TEMP_AGE_S):
+                continue
+            os.unlink(entry.path)
+        except OSError:
+            continue
+        removed.append(Path(entry.path))
+    return removed
