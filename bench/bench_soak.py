@@ -38,6 +38,8 @@ WATCHDOG_USEC = 2_000_000
 SOAK_CONFIG = {
     "job": {"max_steps": 20, "log_every_steps": 5},
     "service": {"cooldown_s": 0, "min_new_episodes": 2},
+    # the health window on, compressed like the rest: 5 autonomous minutes confirm a release
+    "health": {"enabled": True, "confirm_after_autonomous_s": 300},
 }
 DROP_EVERY_S = 6.0
 SAMPLE_EVERY_S = 5.0
@@ -69,15 +71,43 @@ def disk_use_mb(folder: Path) -> float:
     return total / 1e6
 
 
-def resources(pid: int, state: Path) -> tuple[float, float, float]:
-    """The daemon's open fds and threads, and the state folder's disk use (MB)."""
+def state_parts_mb(root: Path) -> dict[str, float]:
+    """Where the disk use goes (MB): the ledger (database, WAL, shm), the run dirs (checkpoints,
+    candidates, child logs), the rest of the state folder, the journal file the bench keeps
+    (``daemon.log``, journald's on a robot) and the adapter store (releases, pruned)."""
+    state = root / "state"
+    ledger = sum(
+        disk_use_mb(p) if p.is_dir() else (p.stat().st_blocks * 512 / 1e6 if p.exists() else 0.0)
+        for p in state.glob("ledger.sqlite3*")
+    )
+    runs = disk_use_mb(state / "runs")
+    return {
+        "ledger MB": ledger,
+        "runs MB": runs,
+        "other state MB": disk_use_mb(state) - ledger - runs,
+        "store MB": disk_use_mb(root / "model" / "adapters"),
+        "log MB": (root / "daemon.log").stat().st_size / 1e6
+        if (root / "daemon.log").exists()
+        else 0.0,
+    }
+
+
+def resources(pid: int, root: Path) -> dict[str, float]:
+    """The daemon's open fds and threads, the state folder's disk use and its parts (MB)."""
     proc = psutil.Process(pid)
-    return float(proc.num_fds()), float(proc.num_threads()), disk_use_mb(state)
+    return {
+        "fds": float(proc.num_fds()),
+        "threads": float(proc.num_threads()),
+        "state MB": disk_use_mb(root / "state"),
+        **state_parts_mb(root),
+    }
 
 
 def count_events(log: str) -> dict[str, int]:
     """Job outcomes from the daemon's JSON log lines."""
-    counts = dict.fromkeys(("started", "preempted", "promoted", "rejected", "failed"), 0)
+    counts = dict.fromkeys(
+        ("started", "preempted", "promoted", "rejected", "failed", "rolled_back", "confirmed"), 0
+    )
     for line in log.splitlines():
         try:
             event = json.loads(line[3:]) if line.startswith("<") else None
@@ -94,6 +124,10 @@ def count_events(log: str) -> dict[str, int]:
             counts["promoted"] += 1
         elif name == "candidate_rejected":
             counts["rejected"] += 1
+        elif name == "health_rolled_back":
+            counts["rolled_back"] += 1
+        elif name == "health_confirmed":
+            counts["confirmed"] += 1
         elif name == "job_failed":
             counts["failed"] += 1
             print(f"job failed: {event.get('job_id')}: {event.get('reason')}")
@@ -125,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         robot.mode("idle")
         robot.start(notify=notify, watchdog_usec=WATCHDOG_USEC)
         samples: list[tuple[float, float]] = []
-        extra: dict[str, list[tuple[float, float]]] = {"fds": [], "threads": [], "state MB": []}
+        extra: dict[str, list[tuple[float, float]]] = {}
         flips = 0
         try:
             robot.wait_ready()
@@ -139,16 +173,19 @@ def main(argv: list[str] | None = None) -> int:
                     raise SystemExit(f"daemon died: {robot.tail()}")
                 if now >= next_sample:
                     samples.append((now - t0, rss_mb(robot.proc.pid)))
-                    for key, value in zip(
-                        extra, resources(robot.proc.pid, robot.root / "state"), strict=True
-                    ):
-                        extra[key].append((now - t0, value))
+                    for key, value in resources(robot.proc.pid, robot.root).items():
+                        extra.setdefault(key, []).append((now - t0, value))
                     next_sample += SAMPLE_EVERY_S
                 if now >= next_drop:
                     robot.drop(2)
                     next_drop += DROP_EVERY_S
                 if now >= next_flip:
-                    mode = "manual_control" if mode == "idle" else "idle"
+                    # idle (jobs run) and back from a busy spell: teleop or autonomous driving,
+                    # which the health window counts (exposure; autonomous -> teleop is an
+                    # intervention)
+                    mode = (
+                        rng.choice(("manual_control", "autonomous")) if mode == "idle" else "idle"
+                    )
                     robot.mode(mode)
                     flips += 1
                     # busy spells are short, idle spells long enough for a job to finish
@@ -180,14 +217,18 @@ def main(argv: list[str] | None = None) -> int:
     shown = samples[:: max(1, len(samples) // 12)]
     print(f"RSS samples (s, MB): {[(round(t), round(y, 1)) for t, y in shown]}")
     print(f"RSS {rss_first:.1f} -> {rss_last:.1f} MB (max {rss_max:.1f}); slope {slope:.2f} MB/h")
-    slopes = {}
+    slopes, late = {}, {}
     for key, series in extra.items():
         kept = [x for x in series if x[0] >= min(60.0, duration * 0.1)]
         slopes[key] = slope_per_hour(kept)
+        # the second half alone: a growth that levels off (runs pruned to keep_runs, the WAL
+        # at its checkpoint size) is bounded; one that keeps its slope is not
+        late[key] = slope_per_hour([x for x in series if x[0] >= duration / 2])
         last = kept[-1][1] if kept else 0.0
         print(
             f"{key}: first {kept[0][1] if kept else 0:.1f}, last {last:.1f}, "
-            f"max {max((y for _, y in series), default=0):.1f}; slope {slopes[key]:.2f}/h"
+            f"max {max((y for _, y in series), default=0):.1f}; slope {slopes[key]:.2f}/h "
+            f"(second half {late[key]:.2f}/h)"
         )
     print(f"jobs {counts}; watchdog pings {len(pings)}, largest gap {max(gaps, default=0):.2f} s")
     figures = [
@@ -203,6 +244,21 @@ def main(argv: list[str] | None = None) -> int:
         figure("daemon open fds slope", slopes["fds"], "fds/h", "", None),
         figure("daemon threads slope", slopes["threads"], "threads/h", "", None),
         figure("state folder disk use slope", slopes["state MB"], "MB/h", "", None),
+        figure("state folder disk use slope, second half", late["state MB"], "MB/h", "", None),
+        *(
+            figure(f"{key} slope, second half", late[key], "MB/h", "", None)
+            for key in ("ledger MB", "runs MB", "other state MB", "store MB", "log MB")
+        ),
+        figure(
+            "state folder disk use max",
+            max((y for _, y in extra["state MB"]), default=0),
+            "MB",
+            "",
+            None,
+        ),
+        figure("episodes dropped", robot.dropped, "episodes", "", None),
+        figure("health rollbacks", counts["rolled_back"], "rollbacks", "", None),
+        figure("health confirmations", counts["confirmed"], "releases", "", None),
         figure(
             "daemon open fds max", max((y for _, y in extra["fds"]), default=0), "fds", "", None
         ),

@@ -16,6 +16,7 @@ import faulthandler
 import hashlib
 import os
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -127,6 +128,7 @@ class Service:
         # stays up, says so in its status, and neither trains nor promotes meanwhile.
         self.blocked: str | None = None
         self.store_error: str | None = None
+        self.ledger_error: str | None = None  # the ledger failed to read or write (SD card)
         self._store_checked_at = float("-inf")
         self._scan_error: str | None = None
         self.rescanning = True  # until a scan has gone through the whole folder
@@ -247,8 +249,23 @@ class Service:
                 self.tick()
             except Exception as exc:
                 self.log.exception("loop_error", error=f"{type(exc).__name__}: {exc}")
+                self._say_loop_error(exc)
                 time.sleep(1.0)
         self.shutdown()
+
+    def _say_loop_error(self, exc: Exception) -> None:
+        """A failed iteration says why in the status file too, not only in the journal (a
+        ledger that cannot be read or written: ``ledger_error``, until it works again)."""
+        error = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, (sqlite3.Error, LedgerError)):
+            if self.ledger_error is None:
+                self.log.error("ledger_unavailable", error=error)
+            self.ledger_error = error
+            self.reason = f"ledger unavailable ({error}); retrying"
+        else:
+            self.reason = f"loop error ({error}); retrying"
+        with contextlib.suppress(Exception):  # the status file may be on the failing card too
+            self.publish()
 
     def tick(self) -> None:
         """One iteration of the loop."""
@@ -274,6 +291,9 @@ class Service:
         self._log_gate_change(self.gate_decision)
         self.watch_health()
         self.advance(self.gate_decision)
+        if self.ledger_error is not None:  # a whole iteration went through the ledger again
+            self.log.info("ledger_recovered", error=self.ledger_error)
+            self.ledger_error = None
         self.publish()
         self.notifier.watchdog()
 
@@ -655,6 +675,7 @@ class Service:
             "blocked": self.blocked,
             "last_decisions": list(self.decisions),
             "health": self.health.snapshot(),
+            "ledger_error": self.ledger_error,
         }
 
     def publish(self) -> None:

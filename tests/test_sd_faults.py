@@ -22,7 +22,14 @@ import pytest
 from daemon.store import AdapterStore
 from tests import faultfs
 from tests.daemon_harness import status, wait_until
-from tests.reliability_harness import Robot, ledger_rows, make_base, mount_tmpfs, umount
+from tests.reliability_harness import (
+    Robot,
+    job_pid,
+    ledger_rows,
+    make_base,
+    mount_tmpfs,
+    umount,
+)
 
 pytestmark = pytest.mark.slow  # each test runs the real daemon through a fault and back
 
@@ -195,6 +202,115 @@ def test_episode_truncated_under_the_daemon(tmp_path, base):
         assert reason, "a rejection says why"
         assert robot.proc.poll() is None, robot.tail()
         assert status(robot.root).get("counts", {}).get("rejected", 1) >= 1
+        stop(robot)
+    finally:
+        if robot.proc.poll() is None:
+            robot.proc.kill()
+
+
+def test_ledger_read_eio_then_recovery(tmp_path, base, shim, monkeypatch):
+    """The card stops reading the ledger: the daemon stays up and says why in status and in the
+    journal; once the card reads again the episodes that arrived meanwhile are recorded."""
+    robot = Robot.create(tmp_path, base, episodes=12)
+    flag = tmp_path / "fault-on"
+    for key, value in faultfs.env(shim, robot.root / "state" / "ledger", flag, "eio-read").items():
+        monkeypatch.setenv(key, value)
+    robot.mode("manual_control")  # no job: this is about the daemon reading its ledger
+    robot.start()
+    try:
+        robot.wait_ready()
+        wait_until(lambda: status(robot.root).get("pid") == robot.proc.pid, 30, "status")
+        robot.drop(4)
+        wait_until(lambda: len(valid_names(robot)) >= 4, 60, "4 episodes recorded", robot.log)
+        flag.touch()
+        robot.drop(2)
+
+        def said_why() -> dict | None:
+            snap = status(robot.root)
+            err = snap.get("ledger_error") or ""
+            return snap if "I/O" in err or "disk" in err.lower() else None
+
+        snap = wait_until(said_why, 60, "status naming the ledger fault", robot.log)
+        assert "ledger" in snap["reason"], snap
+        assert robot.proc.poll() is None, robot.tail()
+        assert '"ledger_unavailable"' in robot.log.read_text(), robot.tail()
+        flag.unlink()
+        wait_until(lambda: len(valid_names(robot)) >= 6, 60, "all 6 episodes recorded", robot.log)
+        wait_until(lambda: status(robot.root).get("ledger_error") is None, 30, "the fault cleared")
+        assert '"ledger_recovered"' in robot.log.read_text()
+        stop(robot)
+    finally:
+        if robot.proc.poll() is None:
+            robot.proc.kill()
+
+
+@pytest.mark.parametrize("kind", ["eio-write", "enospc-write"])
+def test_store_write_faults_fail_the_promotion_then_recovery(
+    tmp_path, base, shim, monkeypatch, kind
+):
+    """The model folder (the store: releases, the current link, the manifest) stops taking
+    writes: the promotion fails with the card's error in the decision and the journal, the
+    manifest is untouched, the daemon stays up; once the card writes again a job promotes."""
+    robot = Robot.create(tmp_path, base, episodes=20)
+    model = robot.root / "model"
+    flag = tmp_path / "fault-on"
+    for key, value in faultfs.env(shim, model / "adapters", flag, kind).items():
+        monkeypatch.setenv(key, value)
+    manifest = (model / "manifest.json").read_bytes()
+    robot.mode("manual_control")
+    robot.start()
+    try:
+        robot.wait_ready()
+        flag.touch()
+        robot.drop(8)
+        robot.mode("idle")
+        failed = decision(robot, "failed")
+        word = "Input/output error" if kind == "eio-write" else "No space left"
+        assert any("promotion failed" in r and word in r for r in failed["reasons"]), failed
+        assert robot.proc.poll() is None, robot.tail()
+        assert (model / "manifest.json").read_bytes() == manifest
+        assert '"promotion_failed"' in robot.log.read_text()
+        flag.unlink()
+        robot.drop(6)
+        promoted = decision(robot, "promoted")
+        store = AdapterStore(model / "adapters", model / "manifest.json")
+        assert store.current().id == promoted["release"]
+        store.verify(store.current())
+        assert not [p for p in (model / "adapters").rglob(".tmp-*")], "staging left behind"
+        stop(robot)
+    finally:
+        if robot.proc.poll() is None:
+            robot.proc.kill()
+
+
+def test_store_read_eio_blocks_then_recovery(tmp_path, base, shim, monkeypatch):
+    """The card stops reading the manifest: no job is planned on a store it cannot read, status
+    says why, the daemon stays up; once it reads again a job runs and promotes."""
+    robot = Robot.create(tmp_path, base, episodes=20)
+    model = robot.root / "model"
+    flag = tmp_path / "fault-on"
+    for key, value in faultfs.env(shim, model / "manifest.json", flag, "eio-read").items():
+        monkeypatch.setenv(key, value)
+    robot.mode("manual_control")
+    robot.start()
+    try:
+        robot.wait_ready()
+        flag.touch()
+        robot.drop(8)
+        robot.mode("idle")
+
+        def said_why() -> dict | None:
+            snap = status(robot.root)
+            text = f"{snap.get('reason')} {snap.get('blocked')} {snap.get('store_error')}"
+            return snap if "Input/output error" in text else None
+
+        wait_until(said_why, 60, "status naming the store fault", robot.log)
+        assert robot.proc.poll() is None, robot.tail()
+        assert job_pid(robot.root) is None, "a job planned on an unreadable store"
+        flag.unlink()
+        promoted = decision(robot, "promoted")
+        store = AdapterStore(model / "adapters", model / "manifest.json")
+        assert store.current().id == promoted["release"]
         stop(robot)
     finally:
         if robot.proc.poll() is None:
