@@ -19,6 +19,7 @@ import shutil
 import signal
 import sqlite3
 import subprocess
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -469,13 +470,16 @@ def kill_campaign(
     seed: int = 0,
     say: Callable[[str], None] = lambda _: None,
     deadline: float | None = None,
+    plan: tuple[str, ...] | None = None,
+    abort: threading.Event | None = None,
 ) -> CrashReport:
     """One robot: SIGKILL its daemon, child or both ``kills`` times at random points of every
     phase (start-up, scan, idle, training, evaluation, promotion, automatic rollback), checking
     every invariant after each kill; then one more cycle must promote. Several kills share a
     daemon's lifetime (child kills, start-up kills chained to the restart), the base is built
     once and shared, jobs are 40 steps. ``deadline`` (monotonic): stop killing then (the figures
-    say so) and still run the final checks. Raises AssertionError on the first violation."""
+    say so) and still run the final checks. ``plan``: the moments in this order (cycled)
+    instead of drawn from KILL_PLAN. Raises AssertionError on the first violation."""
     rng = random.Random(seed)
     t0 = time.monotonic()
     robot = Robot.create(work, base, episodes=3 * kills + 40, seed=seed + 5)
@@ -509,8 +513,13 @@ def kill_campaign(
             if deadline is not None and time.monotonic() > deadline:
                 report.stopped_early = f"deadline reached after {i} kills of {kills}"
                 break
+            if abort is not None and abort.is_set():
+                raise AssertionError("stopped: another robot's campaign failed")
             # The first kill is the daemon's during a job: its child must be reaped.
-            moment = "train" if i == 0 else rng.choices(names, weights)[0]
+            if plan:
+                moment = plan[i % len(plan)]
+            else:
+                moment = "train" if i == 0 else rng.choices(names, weights)[0]
             probation = _on_probation(robot.root)
             if moment == "rollback" and probation is None:
                 moment = "promotion"
@@ -542,13 +551,15 @@ def kill_campaign(
             elif moment == "idle":
                 time.sleep(rng.uniform(0.2, 1.5))
             elif moment == "train":
+                # a random point of the child's life before evaluation (torch import, data
+                # loading, the 40 steps): the status file shows the child's "load" -> "train"
+                # step only now and then, so the kill does not wait for it
                 robot.ensure_job()
-                if _wait_child_phase(robot, "train"):
-                    time.sleep(rng.uniform(0.0, 0.4))  # 40 steps: training is short
+                time.sleep(rng.uniform(0.0, 2.5))
             elif moment == "eval":
                 robot.ensure_job()
                 _wait_child_phase(robot, "eval")
-                time.sleep(rng.uniform(0.0, 0.4))
+                time.sleep(rng.uniform(0.0, 0.15))  # evaluation is short on tiny jobs
             elif moment == "promotion":
                 # the child has written its result and exited: the daemon judges and promotes
                 robot.ensure_job()
@@ -701,34 +712,52 @@ def crash_campaign(
     say: Callable[[str], None] = lambda _: None,
     robots: int = 1,
     deadline: float | None = None,
+    plan: tuple[str, ...] | None = None,
 ) -> CrashReport:
     """``kills`` kills shared among ``robots`` robots run at once (each its own root, daemon and
     children; one shared base), figures merged. More robots use a loaded machine's idle time
     (each mostly waits for its daemon); the first violation anywhere raises AssertionError."""
     if robots <= 1:
-        return kill_campaign(work, base, kills, seed, say, deadline)
+        return kill_campaign(work, base, kills, seed, say, deadline, plan)
     from concurrent.futures import ThreadPoolExecutor
 
     t0 = time.monotonic()
     shares = [kills // robots + (1 if r < kills % robots else 0) for r in range(robots)]
+    abort = threading.Event()
+
+    def one(*args: Any) -> CrashReport:
+        try:
+            return kill_campaign(*args, abort=abort)
+        except BaseException:
+            abort.set()  # the first violation stops every robot
+            raise
+
     with ThreadPoolExecutor(robots) as pool:
         futures = []
         for r, n in enumerate(shares):
             (work / f"robot{r}").mkdir()
             futures.append(
                 pool.submit(
-                    kill_campaign,
+                    one,
                     work / f"robot{r}",
                     base,
                     n,
                     seed + 97 * r,
                     lambda line, r=r: say(f"[robot {r}] {line}"),
                     deadline,
+                    plan,
                 )
             )
         report = CrashReport()
+        errors: list[AssertionError] = []
         for future in futures:
-            report.merge(future.result())
+            try:
+                report.merge(future.result())
+            except AssertionError as exc:
+                errors.append(exc)
+    first = [e for e in errors if not str(e).startswith("stopped: ")] or errors
+    if first:
+        raise first[0]
     report.elapsed_s = time.monotonic() - t0
     return report
 

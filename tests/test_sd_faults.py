@@ -12,6 +12,7 @@ for the mount (skipped otherwise) and gcc for the shim (skipped otherwise).
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -21,7 +22,7 @@ import pytest
 
 from daemon.store import AdapterStore
 from tests import faultfs
-from tests.daemon_harness import status, wait_until
+from tests.daemon_harness import CLI, REPO, status, wait_until
 from tests.reliability_harness import (
     Robot,
     job_pid,
@@ -223,6 +224,30 @@ def test_ledger_read_eio_then_recovery(tmp_path, base, shim, monkeypatch):
         robot.drop(4)
         wait_until(lambda: len(valid_names(robot)) >= 4, 60, "4 episodes recorded", robot.log)
         flag.touch()
+        # The daemon's own writes keep its page cache valid, so it would never read the card:
+        # an operator's quarantine (another process, a healthy path to the file) changes the
+        # database, and the daemon's next look must read it from the failing card.
+        first = sorted(valid_names(robot))[0]
+        healthy = {k: v for k, v in os.environ.items() if not k.startswith(("LD_", "FAULTFS"))}
+        subprocess.run(
+            [
+                *CLI,
+                "--root",
+                str(robot.root),
+                "--config",
+                str(robot.config),
+                "episodes",
+                "exclude",
+                first,
+                "--reason",
+                "operator",
+            ],
+            check=True,
+            capture_output=True,
+            env=healthy,
+            cwd=REPO,
+            timeout=120,
+        )
         robot.drop(2)
 
         def said_why() -> dict | None:
