@@ -209,9 +209,11 @@ class Service:
             watcher.start()
         return watcher
 
-    def _clean_runs(self) -> None:
-        """Prune run dirs (keeping a candidate that waits for the gate)."""
+    def _clean_runs(self, keep: Path | None = None) -> None:
+        """Prune run dirs (keeping a candidate that waits for the gate, and ``keep``)."""
         protect = {self.pending.run_dir} if self.pending is not None else set()
+        if keep is not None:
+            protect.add(keep)
         for run_id in clean_runs(self.cfg.runs_dir, self.cfg.service.keep_runs, protect):
             self.log.info("abandoned_run_removed", job_id=run_id)
 
@@ -526,6 +528,9 @@ class Service:
             self.phase = Phase.ARMED
             self.reason = f"job {run_id} preempted; resumes when the gate opens"
             self._remember(run_id, "preempted", [outcome.reason], result)
+            # a gate that flaps all day preempts every job: without this their run dirs (a
+            # checkpoint each) pile up until a job is judged
+            self._clean_runs(outcome.run_dir)
             return
         self._note_unusable(result)
         if status not in ("done", "budget") or result is None or result.candidate_path is None:
@@ -626,6 +631,7 @@ class Service:
         )
         self._remember(run_id, "failed", [reason], None)
         self.phase, self.reason = Phase.IDLE, f"job {run_id} failed: {reason}"
+        self._clean_runs(self.cfg.runs_dir / run_id)  # older failures' dirs go; this one stays
 
     def _remember(
         self,

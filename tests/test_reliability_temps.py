@@ -70,3 +70,38 @@ def test_the_daemon_removes_them_at_start(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_preempted_and_failed_jobs_do_not_pile_up_run_dirs(tmp_path: Path) -> None:
+    """A gate that flaps all day preempts every job, and a broken job fails at every retry:
+    neither is ever judged, so run dirs (a checkpoint each) must be pruned at their ends too."""
+    from daemon.service import Service
+    from daemon.supervisor import Outcome
+
+    root, config = make_root(tmp_path, extra={"service": {"keep_runs": 3}})
+    cfg, _ = load_config(config, str(root))
+    service = Service(cfg, config, {})
+    service.start()
+    try:
+        ends = []
+        for i in range(12):
+            run = cfg.runs_dir / f"20260101T0000{i:02d}Z-0001"
+            run.mkdir(parents=True)
+            (run / "result.json").write_text("{}")  # the child's (content not needed here)
+            service.ledger.record_job_start(run.name, 1000.0 + i, [])
+            preempted = i % 2 == 0
+            ends.append(run)
+            service.on_job_end(
+                Outcome(
+                    run,
+                    0 if preempted else 1,
+                    None,
+                    "teleop" if preempted else "exit 1",
+                    killed_by_parent="preempted: teleop" if preempted else None,
+                )
+            )
+            left = sorted(p.name for p in cfg.runs_dir.iterdir())
+            assert len(left) <= 3 + 1, left  # keep_runs, and the one that just ended
+            assert run.name in left  # the latest stays (its checkpoint, its child.log)
+    finally:
+        service.shutdown()
