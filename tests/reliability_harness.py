@@ -555,7 +555,8 @@ def kill_campaign(
                 # loading, the 40 steps): the status file shows the child's "load" -> "train"
                 # step only now and then, so the kill does not wait for it
                 robot.ensure_job()
-                time.sleep(rng.uniform(0.0, 2.5))
+                # the first kill must find the child alive (its orphan is reaped): early
+                time.sleep(rng.uniform(0.0, 2.5 if i else 0.3))
             elif moment == "eval":
                 robot.ensure_job()
                 _wait_child_phase(robot, "eval")
