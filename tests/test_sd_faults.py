@@ -269,6 +269,20 @@ def test_ledger_read_eio_then_recovery(tmp_path, base, shim, monkeypatch):
             robot.proc.kill()
 
 
+def faulty_robot(
+    tmp_path: Path, base: Path, shim: Path, monkeypatch, under: str, kinds: str, episodes: int
+) -> tuple[Robot, Path]:
+    """A robot whose daemon (and its children) see ``kinds`` faults for files under
+    ``root/under`` while the returned flag file exists; started and ready, gate closed."""
+    robot = Robot.create(tmp_path, base, episodes=episodes)
+    flag = tmp_path / "fault-on"
+    for key, value in faultfs.env(shim, robot.root / under, flag, kinds).items():
+        monkeypatch.setenv(key, value)
+    robot.mode("manual_control")
+    robot.start()
+    return robot, flag
+
+
 @pytest.mark.parametrize("kind", ["eio-write", "enospc-write"])
 def test_store_write_faults_fail_the_promotion_then_recovery(
     tmp_path, base, shim, monkeypatch, kind
@@ -276,14 +290,9 @@ def test_store_write_faults_fail_the_promotion_then_recovery(
     """The model folder (the store: releases, the current link, the manifest) stops taking
     writes: the promotion fails with the card's error in the decision and the journal, the
     manifest is untouched, the daemon stays up; once the card writes again a job promotes."""
-    robot = Robot.create(tmp_path, base, episodes=20)
+    robot, flag = faulty_robot(tmp_path, base, shim, monkeypatch, "model/adapters", kind, 20)
     model = robot.root / "model"
-    flag = tmp_path / "fault-on"
-    for key, value in faultfs.env(shim, model / "adapters", flag, kind).items():
-        monkeypatch.setenv(key, value)
     manifest = (model / "manifest.json").read_bytes()
-    robot.mode("manual_control")
-    robot.start()
     try:
         robot.wait_ready()
         flag.touch()
@@ -311,13 +320,10 @@ def test_store_write_faults_fail_the_promotion_then_recovery(
 def test_store_read_eio_blocks_then_recovery(tmp_path, base, shim, monkeypatch):
     """The card stops reading the manifest: no job is planned on a store it cannot read, status
     says why, the daemon stays up; once it reads again a job runs and promotes."""
-    robot = Robot.create(tmp_path, base, episodes=20)
+    robot, flag = faulty_robot(
+        tmp_path, base, shim, monkeypatch, "model/manifest.json", "eio-read", 20
+    )
     model = robot.root / "model"
-    flag = tmp_path / "fault-on"
-    for key, value in faultfs.env(shim, model / "manifest.json", flag, "eio-read").items():
-        monkeypatch.setenv(key, value)
-    robot.mode("manual_control")
-    robot.start()
     try:
         robot.wait_ready()
         flag.touch()
