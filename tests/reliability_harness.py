@@ -414,8 +414,8 @@ BAD_EPISODE = "zz-garbage.json"
 # The phases a kill aims at, with weights. Kills of the daemon outside a job are cheap (a
 # restart, no torch import), kills in a job cost a new child, kills at promotion and at an
 # automatic rollback cost a whole cycle: the weights keep every phase well represented while
-# most kills stay cheap. "rollback" needs a release on probation; without one the kill aims at
-# "promotion" (which makes one).
+# most kills stay cheap. "rollback" needs a release on probation; without one, cycles first
+# run undisturbed until one is (a kill at "promotion" when that takes too long).
 KILL_PLAN: tuple[tuple[str, int], ...] = (
     ("startup", 25),
     ("scan", 24),
@@ -423,7 +423,7 @@ KILL_PLAN: tuple[tuple[str, int], ...] = (
     ("train", 11),
     ("eval", 8),
     ("promotion", 7),
-    ("rollback", 7),
+    ("rollback", 5),
 )
 
 
@@ -442,6 +442,23 @@ def _rolled_back(root: Path, rid: str) -> bool:
     store = AdapterStore(root / "model" / "adapters", root / "model" / "manifest.json")
     current = store.current()
     return (current is None or current.id != rid) and rid in store.marks()["bad"]
+
+
+def _promote_undisturbed(robot: Robot, timeout: float = 300) -> str | None:
+    """Let cycles run without kills until a release is on probation (the first release only
+    observes: it has no predecessor); that release, or None after ``timeout``."""
+    robot.mode("idle")
+    deadline = time.monotonic() + timeout
+    last_drop = float("-inf")
+    while time.monotonic() < deadline:
+        on = _on_probation(robot.root)
+        if on is not None:
+            return on
+        if job_pid(robot.root) is None and time.monotonic() - last_drop > 15:
+            robot.drop(3)  # new episodes start the next job
+            last_drop = time.monotonic()
+        time.sleep(0.2)
+    return None
 
 
 def _run_dir(root: Path) -> str | None:
@@ -522,7 +539,11 @@ def kill_campaign(
                 moment = "train" if i == 0 else rng.choices(names, weights)[0]
             probation = _on_probation(robot.root)
             if moment == "rollback" and probation is None:
-                moment = "promotion"
+                # kills at every other moment rarely let a cycle finish: let one promote
+                # undisturbed so that a release is on probation
+                probation = _promote_undisturbed(robot)
+                if probation is None:
+                    moment = "promotion"
             in_job = moment in ("train", "eval")
             kind = (
                 ("daemon" if i == 0 else rng.choice(("daemon", "child", "both")))
