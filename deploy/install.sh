@@ -196,6 +196,12 @@ else
   [[ -x "$VENV/bin/python" ]] || run "$PYTHON" -m venv "$VENV"
   pip_install -c "$SRC/constraints.txt" "$TARGET"
 fi
+if [[ -n "$WHEELHOUSE" ]]; then
+  # pip keeps an installed wheel of the same version ("already satisfied"), so a rebuilt
+  # project wheel whose version was not bumped would leave the old code in place: replace the
+  # project itself every time (its dependencies stay as resolved above).
+  pip_install --no-deps --force-reinstall "$TARGET"
+fi
 
 run install -m 0644 "$SRC/README.md" "$PREFIX/README.md"
 run ln -sfn "$VENV/bin/continuon-trainer" "$BIN_LINK"

@@ -55,6 +55,17 @@ def test_good_wheelhouse_installs_with_no_index(tmp_path: Path) -> None:
     assert pip_line.endswith(str(wh / PROJECT_WHEEL))
 
 
+def test_reinstall_replaces_the_project_even_at_the_same_version(tmp_path: Path) -> None:
+    """A rebuilt wheel with an unchanged version number must not leave the old code."""
+    wh = fake_wheelhouse(tmp_path)
+    done = install("--wheelhouse", wh)
+    assert done.returncode == 0, done.stderr
+    pips = [line for line in done.stdout.splitlines() if " pip install " in line]
+    assert len(pips) == 2, pips
+    assert "--no-deps --force-reinstall" in pips[1] and "--no-index" in pips[1]
+    assert pips[1].endswith(str(wh / PROJECT_WHEEL))
+
+
 def damage(wh: Path) -> None:
     (wh / "dep-1.0-py3-none-any.whl").write_bytes(b"dependency wheel bytes, changed")
 

@@ -8,6 +8,8 @@
 #   env:   CONTINUON_VMTEST_CACHE       cache folder (default /var/cache/continuon-vmtest as
 #                                       root, else ${XDG_CACHE_HOME:-~/.cache}/continuon-vmtest)
 #          VMTEST_NO_APT=1              never apt-get install the tools (fail instead)
+#   exit:  0 built or cached; 3 it cannot be built on this machine (tools missing, not root:
+#          test_vm.py skips, saying why); anything else is a failure
 #
 # Stages: tools (apt: qemu-system-x86 mmdebstrap e2fsprogs) -> base (mmdebstrap tree, kernel,
 # initrd; key: customize.sh, guest/*, package list) -> wheelhouse (deploy/wheelhouse.sh; key:
@@ -25,6 +27,7 @@ VENV=/opt/continuon-trainer/venv
 BASE_PKGS=systemd,systemd-sysv,udev,dbus,python3,python3-venv,procps,kmod,linux-image-cloud-amd64,initramfs-tools
 log() { echo "image.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }
+cannot() { log "cannot build here: $*"; exit 3; }
 key_of() { sha256sum | cut -c1-16; }
 now() { date +%s; }
 
@@ -33,7 +36,7 @@ ensure_tools() {
   for t in qemu-system-x86_64 mmdebstrap mkfs.ext4 debugfs; do command -v "$t" >/dev/null || missing+=("$t"); done
   ((${#missing[@]})) || return 0
   ((EUID == 0)) && [[ ${VMTEST_NO_APT:-0} != 1 ]] && command -v apt-get >/dev/null ||
-    die "missing ${missing[*]}: apt-get install --no-install-recommends qemu-system-x86 mmdebstrap e2fsprogs"
+    cannot "missing ${missing[*]}: apt-get install --no-install-recommends qemu-system-x86 mmdebstrap e2fsprogs"
   log "installing qemu-system-x86 mmdebstrap e2fsprogs"
   apt-get update -q >/dev/null
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
@@ -45,7 +48,7 @@ build_base() {
   key=$( (cd "$HERE" && cat customize.sh guest/*; echo "$BASE_PKGS") | key_of)
   BASE_KEY=$key
   [[ "$(cat "$C/base/key" 2>/dev/null)" == "$key" ]] && { log "base image cached ($key)"; return; }
-  ((EUID == 0)) || die "building the base image needs root (mmdebstrap --mode=root, chroot)"
+  ((EUID == 0)) || cannot "building the base image needs root (mmdebstrap --mode=root, chroot)"
   log "building the base tree with mmdebstrap (about 1-2 min)"
   local t0 src=()
   t0=$(now)
@@ -84,7 +87,7 @@ bake_image() {
   key=$( (echo "$BASE_KEY"; awk '$2 !~ /^continuon_trainer-/ { print $2 }' "$C/wheelhouse/SHA256SUMS") | key_of)
   [[ "$(cat "$C/image/key" 2>/dev/null)" == "$key" && -f "$C/image/rootfs.img" ]] &&
     { log "image cached ($key)"; return; }
-  ((EUID == 0)) || die "baking the image needs root (chroot)"
+  ((EUID == 0)) || cannot "baking the image needs root (chroot)"
   log "baking the dependencies into the image (chroot, native speed)"
   t0=$(now)
   rm -rf --one-file-system "$tree" "$C/image"

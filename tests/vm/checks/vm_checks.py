@@ -222,7 +222,9 @@ def prepare_robot() -> None:
 def check_install() -> None:
     name = CHECKS[0]
     t0 = time.monotonic()
-    rc, out = sh(f"bash {SRC}/deploy/install.sh --wheelhouse {SHARE}/wheelhouse", timeout=1200)
+    # 2400 s: pip and `config check` (it imports torch) run 12-35x slower here, more on a
+    # loaded host (1200 s ran out with the host at load 25).
+    rc, out = sh(f"bash {SRC}/deploy/install.sh --wheelhouse {SHARE}/wheelhouse", timeout=2400)
     took = time.monotonic() - t0
     _, pipv = sh(f"{PREFIX}/venv/bin/python -m pip list --format=freeze 2>/dev/null")
     ok = rc == 0 and "continuon-trainer==" in pipv.replace("_", "-")
