@@ -223,6 +223,28 @@ def build_parser() -> argparse.ArgumentParser:
                 help="start a new episode where the tub's clock jumps by more (seconds)",
             )
             p.add_argument("--prefix", help="put in front of episode ids (one per car)")
+
+    fleet = add("fleet", "", "learn across robots with Flower (the optional fleet extra)")
+    fleet_sub = fleet.add_subparsers(dest="fleet_verb", required=True, metavar="ACTION")
+    p = add(
+        "join",
+        "daemon.fleet:join_command",
+        "train this robot's LoRA update in each round while the gate is open, then judge "
+        "the aggregate by this robot's own rule",
+        fleet_sub,
+    )
+    p.add_argument("--server", dest="server_address", help="host:port (default: fleet.*)")
+    p.add_argument("--local-steps", type=positive_int, help="steps per round (fleet.local_steps)")
+    p = add(
+        "serve",
+        "daemon.fleet:serve_command",
+        "FedAvg over the robots' LoRA tensors for fleet.rounds rounds, then stop",
+        fleet_sub,
+    )
+    p.add_argument("--server", dest="server_address", help="host:port to bind (default: fleet.*)")
+    p.add_argument("--rounds", type=positive_int, help="rounds (fleet.rounds)")
+    p.add_argument("--min-clients", type=positive_int, help="robots per round (fleet.*)")
+    p.add_argument("--out", type=Path, help="also write the round log (JSON) here")
     return parser
 
 

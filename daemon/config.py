@@ -65,6 +65,66 @@ class LoggingConfig(_Section):
     progress_every_s: float = Field(30.0, gt=0, description="job_progress line while training")
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+class FleetTlsConfig(_Section):
+    """TLS for the fleet link, handed to Flower as it documents it: the server takes
+    ``(ca_certificate, server_certificate, server_private_key)`` (``start_server(certificates=)``),
+    a robot the ``ca_certificate`` that signed the server's certificate
+    (``start_client(root_certificates=)``). All unset: plaintext, loopback only."""
+
+    ca_certificate: Path | None = None
+    server_certificate: Path | None = None
+    server_private_key: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any TLS file is configured (then a plaintext link is never used)."""
+        return any((self.ca_certificate, self.server_certificate, self.server_private_key))
+
+
+class FleetConfig(_Section):
+    """``fleet join`` / ``fleet serve`` (Flower, the optional ``fleet`` extra; README "Fleet
+    learning"). One address for both sides: the server binds it, a robot connects to it."""
+
+    server_address: str = Field("127.0.0.1:9092", pattern=r"^(\[[0-9a-fA-F:]+\]|[^:\s]+):\d+$")
+    robot_id: str | None = Field(None, description="name in the server's round log (hostname)")
+    rounds: int = Field(3, ge=1, description="server: rounds, then it stops by itself")
+    min_clients: int = Field(
+        2, ge=1, description="server: robots sampled per round (and needed connected to start)"
+    )
+    local_steps: int = Field(200, ge=1, description="robot: optimiser steps per round")
+    round_timeout_s: float = Field(600.0, gt=0, description="server: a round's wait for answers")
+    max_run_s: float = Field(
+        7200.0, gt=0, description="either side ends itself after this long, whatever the peers do"
+    )
+    connect_timeout_s: float = Field(120.0, gt=0, description="robot: retry connecting this long")
+    max_message_mb: int = Field(512, ge=1, description="gRPC message cap, same on both sides")
+    allow_insecure_remote: bool = Field(
+        False, description="plaintext to a non-loopback address (otherwise refused: set tls)"
+    )
+    tls: FleetTlsConfig = Field(default_factory=FleetTlsConfig)
+
+    @property
+    def host(self) -> str:
+        """The address without its port."""
+        return self.server_address.rsplit(":", 1)[0]
+
+    @model_validator(mode="after")
+    def _loopback_or_tls(self) -> FleetConfig:
+        # Adapter weights are the robot's learning: never in plaintext off this machine unless
+        # the operator says so in as many words.
+        remote = self.host not in LOOPBACK_HOSTS
+        if remote and not self.tls.enabled and not self.allow_insecure_remote:
+            raise ValueError(
+                f"server_address {self.server_address} is not loopback: set fleet.tls "
+                "(ca_certificate, server_certificate, server_private_key) or "
+                "fleet.allow_insecure_remote"
+            )
+        return self
+
+
 class TrainerConfig(_Section):
     """The whole ``trainer.yaml``."""
 
@@ -82,6 +142,7 @@ class TrainerConfig(_Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
+    fleet: FleetConfig = Field(default_factory=FleetConfig)
 
     @model_validator(mode="after")
     def _every_action_bounded(self) -> TrainerConfig:

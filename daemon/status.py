@@ -16,6 +16,7 @@ from typing import Any
 import psutil
 
 from daemon.config import TrainerConfig
+from daemon.fleet import fleet_lines, read_fleet_status
 from trainer_core.fsio import atomic_write_json, remove_stale_temps
 
 STALE_AFTER_S = 30.0  # a running daemon rewrites the file at least every second
@@ -227,6 +228,7 @@ def render(snapshot: dict[str, Any], running: bool) -> str:
     health = snapshot.get("health")
     if isinstance(health, dict) and health.get("state"):
         lines.append(f"  health     {health['state']}: {health.get('reason')}")
+    lines.extend(fleet_lines(snapshot.get("fleet")))
     for key in ("ledger_error", "store_error"):
         if snapshot.get(key):
             lines.append(f"  error      {snapshot[key]}")
@@ -244,8 +246,9 @@ def render(snapshot: dict[str, Any], running: bool) -> str:
 
 
 def has_state(cfg: TrainerConfig) -> bool:
-    """Whether a daemon ever ran at this root: its status file or its ledger exists."""
-    return cfg.status_path.exists() or cfg.ledger_path.exists()
+    """Whether a daemon ever ran at this root: its status file or its ledger exists (or a
+    fleet file: ``fleet serve`` alone keeps no ledger)."""
+    return cfg.status_path.exists() or cfg.ledger_path.exists() or bool(read_fleet_status(cfg))
 
 
 def schema_snapshot(
@@ -258,6 +261,7 @@ def schema_snapshot(
         out[key] = snapshot.get(key)
     out["episodes"] = episode_states(out["ledger"])
     out["last_decisions"] = out["last_decisions"] or []
+    out["fleet"] = read_fleet_status(cfg)  # fleet join / serve: role, round, last result
     return out
 
 

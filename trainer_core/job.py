@@ -445,6 +445,11 @@ def run(spec: JobSpec, result: JobResult, t0: float, preempt: Preemption) -> Non
 
         run_shadow(spec, result, t0, preempt)
         return
+    if spec.fleet_start is not None:  # one fleet round: the update is the output, no candidate
+        from trainer_core.fleet_round import run_round
+
+        run_round(Recipe(spec, result, t0, preempt))
+        return
     recipe = Recipe(spec, result, t0, preempt)
     recipe.setup()
     if spec.policy.family == "hf-causal-lm":  # a language model: its own data and evaluation

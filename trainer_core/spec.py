@@ -52,6 +52,8 @@ class JobSpec(BaseModel):
     resume_from: Path | None = None  # a checkpoint dir of an earlier preempted run
     # an adapter made elsewhere (``adapters import``): evaluated as the candidate, no training
     candidate_adapter: Path | None = None
+    # one fleet round (trainer_core.fleet_round): the global LoRA weights to start from
+    fleet_start: Path | None = None
     features: FeaturesConfig
     policy: PolicyConfig
     lora: LoraConfig
