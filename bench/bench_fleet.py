@@ -3,13 +3,14 @@
     .venv/bin/python bench/bench_fleet.py [--robots 3] [--rounds 3] [--local-steps 200]
 
 One ``fleet serve`` and N ``fleet join`` processes on 127.0.0.1 (``tests/fleet_world.py``),
-robots sharing one fresh base, each with its own synthetic episodes (steering bias 0, 0.1,
-0.2, ...). Figures: LoRA bytes one robot sends per round (raw float32 and as Flower put them on
-the wire), the whole model's bytes (base + LoRA) and their ratio, the bytes of one round for the
-whole fleet (each robot's update up, the aggregate down), the median and largest round wall
-time (fit and evaluate, most of it the job child's start: a fresh interpreter importing torch
-and peft), and each robot's held-out error of the last aggregate against the bare base. Last
-stdout line: the JSON figures object (bench protocol). Without flwr it reports a skip.
+robots sharing one base pretrained on plain synthetic driving, each with its own episodes and a
+steering calibration the base lacks (bias 0.2, 0.25, 0.3, ...). Figures: the LoRA bytes one
+robot sends per round (raw float32, and as Flower puts them on the wire), the whole model's
+bytes (base + LoRA) and their ratio, one round's bytes for the whole fleet (each update up, the
+aggregate down), the median and largest round wall time (fit and evaluate; most of it is the
+job child's start, a fresh interpreter importing torch), and whether each robot's held-out
+error of the last aggregate is below the base's. Last stdout line: the JSON figures object
+(bench protocol). Without flwr it reports a skip.
 """
 
 from __future__ import annotations
@@ -44,16 +45,16 @@ def main(argv: list[str]) -> int:
         print(json.dumps({"figures": [figure("skipped: flwr not installed", 0, "")]}))
         return 0
     from tests.daemon_harness import make_root
-    from tests.fleet_world import fleet_status, free_port, fresh_base, make_robot, spawn
+    from tests.fleet_world import factory_base, fleet_status, free_port, make_robot, spawn
 
     with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
         work = Path(tmp)
-        base = fresh_base(work / "factory")
+        base = factory_base(work / "factory")
         port = free_port()
         extra = {"fleet": {"local_steps": args.local_steps, "max_run_s": 3000}}
         robots = [
             make_robot(work, f"robot-{i}", base, port, extra, "--seed", str(20 + i),
-                       "--steering-bias", f"{0.1 * i:g}")
+                       "--steering-bias", f"{0.2 + 0.05 * i:g}")
             for i in range(args.robots)
         ]  # fmt: skip
         server, _ = make_root(work / "server", {"fleet": {"server_address": f"127.0.0.1:{port}"}})

@@ -181,21 +181,29 @@ def _deadline(seconds: float, what: str, on_expiry: Any) -> threading.Timer:
     return timer
 
 
+def _ready(verb: str, cfg: TrainerConfig, args: Any, certificates: Any) -> tuple[Any, Any] | int:
+    """(fleet settings with the verb's options, Flower's TLS argument), or the exit code after
+    saying why the verb cannot run (2: Flower missing, a setting unusable)."""
+    missing = flower_missing()
+    try:
+        if missing:
+            raise FleetError(missing)
+        fleet = with_overrides(cfg.fleet, args)
+        return fleet, certificates(fleet.tls)
+    except FleetError as exc:
+        print(f"continuon-trainer fleet {verb}: {exc}", file=sys.stderr)
+        return 2
+
+
 # ------------------------------------------------------------------------------ fleet serve
 
 
 def serve_command(args: Any, cfg: TrainerConfig) -> int:
     """``continuon-trainer fleet serve``: FedAvg over the robots' LoRA tensors, bounded rounds."""
-    missing = flower_missing()
-    if missing:
-        print(f"continuon-trainer fleet serve: {missing}", file=sys.stderr)
-        return 2
-    try:
-        fleet = with_overrides(cfg.fleet, args)
-        certificates = server_certificates(fleet.tls)
-    except FleetError as exc:
-        print(f"continuon-trainer fleet serve: {exc}", file=sys.stderr)
-        return 2
+    ready = _ready("serve", cfg, args, server_certificates)
+    if isinstance(ready, int):
+        return ready
+    fleet, certificates = ready
     from trainer_core.fleet_server import serve
 
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
@@ -247,16 +255,10 @@ def serve_command(args: Any, cfg: TrainerConfig) -> int:
 
 def join_command(args: Any, cfg: TrainerConfig) -> int:
     """``continuon-trainer fleet join``: this robot's part in the rounds, then its own verdict."""
-    missing = flower_missing()
-    if missing:
-        print(f"continuon-trainer fleet join: {missing}", file=sys.stderr)
-        return 2
-    try:
-        fleet = with_overrides(cfg.fleet, args)
-        root_certificates = robot_certificates(fleet.tls)
-    except FleetError as exc:
-        print(f"continuon-trainer fleet join: {exc}", file=sys.stderr)
-        return 2
+    ready = _ready("join", cfg, args, robot_certificates)
+    if isinstance(ready, int):
+        return ready
+    fleet, root_certificates = ready
     from daemon.instance import AlreadyRunning, take_instance_lock
 
     for folder in (cfg.state_dir, cfg.runs_dir):
@@ -274,7 +276,7 @@ def join_command(args: Any, cfg: TrainerConfig) -> int:
 
 def _join(cfg: TrainerConfig, fleet: FleetConfig, root_certificates: bytes | None) -> int:
     from daemon.cycle import baseline_of, plan_job
-    from daemon.ingest import bounds_check, scan
+    from daemon.ingest import scan_all
     from daemon.ledger import Ledger
     from daemon.logs import configure_logging
     from daemon.store import AdapterStore, StoreError, utc_stamp
@@ -294,14 +296,7 @@ def _join(cfg: TrainerConfig, fleet: FleetConfig, root_certificates: bytes | Non
     )
     status.note()
     with Ledger.open(cfg.ledger_path) as ledger:
-        scan(
-            cfg.paths.episodes,
-            ledger,
-            cfg.ingest,
-            cfg.job.eval_fraction,
-            time.time(),
-            accept=bounds_check(cfg),
-        )
+        scan_all(cfg, ledger)
         store = AdapterStore(cfg.adapters_dir, cfg.paths.manifest, model_name=cfg.policy.model_name)
         try:
             store.recover()

@@ -16,7 +16,7 @@ from tests.daemon_harness import CLI, REPO, cli, make_root, synth
 
 # Short rounds on a tiny MLP: the bench raises local_steps, the test keeps them low.
 FLEET_EXTRA: dict[str, Any] = {
-    "job": {"max_steps": 150, "min_episodes": 2, "eval_fraction": 0.3, "log_every_steps": 10},
+    "job": {"max_steps": 150, "min_episodes": 2, "eval_fraction": 0.4, "log_every_steps": 10},
     "gate": {"open_after_s": 0.0, "min_closed_s": 0.0},
 }
 
@@ -28,11 +28,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def fresh_base(work: Path) -> Path:
-    """One fresh base (``base init``) every robot of the fleet shares."""
+def factory_base(work: Path) -> Path:
+    """One base every robot of the fleet shares, pretrained on plain synthetic driving (no
+    steering bias): the robots' own data then differ from it, and from each other."""
     root, _ = make_root(work, FLEET_EXTRA)
+    synth(root, work / "factory", "--episodes", "12", "--steps", "80", "--seed", "1")
     out = work / "base" / "policy.safetensors"
-    cli(root, "base", "init", "--out", str(out))
+    cli(root, "base", "pretrain", "--episodes", str(work / "factory"), "--steps", "600",
+        "--out", str(out))  # fmt: skip
     return out
 
 

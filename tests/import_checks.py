@@ -82,3 +82,14 @@ def train_through_job(
         timeout=120,
     )
     return proc, JobResult.model_validate_json((run_dir / RESULT_FILE).read_bytes())
+
+
+def assert_imports_without(modules: list[str], banned: list[str]) -> None:
+    """Import ``modules`` in a fresh interpreter; fail naming any of ``banned`` that came along
+    (the daemon's promise: no torch, no flwr, ...)."""
+    code = (
+        f"import sys; [__import__(m) for m in {modules!r}];"
+        f"bad = [m for m in {banned!r} if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stdout + done.stderr

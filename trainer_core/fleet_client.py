@@ -18,7 +18,6 @@ This module imports flwr and torch; only the ``fleet`` verbs import it, never th
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,20 +140,13 @@ class RobotModel:
 
     def write_adapter(self, weights: dict[str, np.ndarray], out_dir: Path, card: dict) -> None:
         """``weights`` as an adapter directory (peft files, the base's normaliser, card.json)."""
+        from trainer_core.job import adapter_card
         from trainer_core.lora import save_adapter
 
         self._load(weights)
-        spec = self.spec
         full = {
-            "kind": "continuon-lora-adapter",
-            "run_id": out_dir.name,
-            "created_unix": time.time(),
-            "base_path": str(spec.base_path),
-            "base_sha256": self.base.sha256,
-            "policy": spec.policy.model_dump(mode="json"),
-            "features": spec.features.model_dump(mode="json"),
-            "lora": spec.lora.model_dump(mode="json"),
-            "family": spec.policy.family,
+            **adapter_card(self.spec, out_dir.name, self.base.sha256),
+            "family": self.spec.policy.family,
             "device": "cpu",
             "dtype": "float32",
             **card,

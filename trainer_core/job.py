@@ -93,6 +93,21 @@ def _publish(staging: Path, target: Path) -> None:
     fsync_dir(target.parent)
 
 
+def adapter_card(spec: JobSpec, run_id: str, base_sha256: str) -> dict[str, Any]:
+    """What every adapter's ``card.json`` says about where it comes from (kind, base, configs);
+    the maker adds its own numbers (a job: steps, metrics, timings; a fleet: its rounds)."""
+    return {
+        "kind": "continuon-lora-adapter",
+        "run_id": run_id,
+        "created_unix": time.time(),
+        "base_path": str(spec.base_path),
+        "base_sha256": base_sha256,
+        "policy": spec.policy.model_dump(mode="json"),
+        "features": spec.features.model_dump(mode="json"),
+        "lora": spec.lora.model_dump(mode="json"),
+    }
+
+
 def frame_cache_for(spec: JobSpec) -> Path | None:
     """The shared decoded-frame cache of a camera job (``<state>/frames``), else None."""
     from trainer_core.frame_cache import cache_dir_for
@@ -410,14 +425,7 @@ class Recipe:
         spec, result = self.spec, self.result
         staging = _stage_dir(spec.run_dir, CANDIDATE_DIR)
         card = {
-            "kind": "continuon-lora-adapter",
-            "run_id": spec.run_id,
-            "created_unix": time.time(),
-            "base_path": str(spec.base_path),
-            "base_sha256": self.base.sha256,
-            "policy": spec.policy.model_dump(mode="json"),
-            "features": spec.features.model_dump(mode="json"),
-            "lora": spec.lora.model_dump(mode="json"),
+            **adapter_card(spec, spec.run_id, self.base.sha256),
             "job": spec.job.model_dump(mode="json"),
             "episode_hashes": self.train_split.hashes,
             "train_samples": len(self.train_split.arrays),
