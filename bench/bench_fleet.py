@@ -3,8 +3,8 @@
     .venv/bin/python bench/bench_fleet.py [--robots 3] [--rounds 3] [--local-steps 200]
 
 One ``fleet serve`` and N ``fleet join`` processes on 127.0.0.1 (``tests/fleet_world.py``),
-robots sharing one base pretrained on plain synthetic driving, each with its own episodes and a
-steering calibration the base lacks (bias 0.2, 0.25, 0.3, ...). Figures: the LoRA bytes one
+robots sharing one base pretrained on a factory's slower driving, each with its own episodes
+and a steering calibration the base lacks (bias 0.2, 0.25, 0.3, ...). Figures: the LoRA bytes one
 robot sends per round (raw float32, and as Flower puts them on the wire), the whole model's
 bytes (base + LoRA) and their ratio, one round's bytes for the whole fleet (each update up, the
 aggregate down), the median and largest round wall time (fit and evaluate; most of it is the

@@ -29,10 +29,11 @@ def free_port() -> int:
 
 
 def factory_base(work: Path) -> Path:
-    """One base every robot of the fleet shares, pretrained on plain synthetic driving (no
-    steering bias): the robots' own data then differ from it, and from each other."""
+    """One base every robot of the fleet shares, pretrained on a factory's driving (slower, no
+    steering bias): each robot's own data then differ from it, and from each other's."""
     root, _ = make_root(work, FLEET_EXTRA)
-    synth(root, work / "factory", "--episodes", "12", "--steps", "80", "--seed", "1")
+    factory = ("--episodes", "12", "--steps", "80", "--seed", "1", "--speed", "0.7")
+    synth(root, work / "factory", *factory)
     out = work / "base" / "policy.safetensors"
     cli(root, "base", "pretrain", "--episodes", str(work / "factory"), "--steps", "600",
         "--out", str(out))  # fmt: skip

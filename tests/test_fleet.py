@@ -153,7 +153,7 @@ def test_loopback_fleet_of_three_robots(tmp_path):
 
     base = factory_base(tmp_path / "factory")
     port = free_port()
-    steps = {"fleet": {"local_steps": 150, "round_timeout_s": 900, "max_run_s": 1500}}
+    steps = {"fleet": {"local_steps": 200, "round_timeout_s": 900, "max_run_s": 1500}}
     # the robots' calibrations differ from the base's data and from one another
     a = make_robot(tmp_path, "robot-a", base, port, steps, "--seed", "11", "--steering-bias", "0.2")
     b = make_robot(

@@ -173,14 +173,15 @@ class Received:
     metrics: Any  # EvalMetrics
 
 
-def _declined_fit(reason: str) -> FitRes:
-    # FIT_NOT_IMPLEMENTED is the only non-OK code a legacy fit answer can carry; the message
-    # says why, and the server's round log shows it.
-    return FitRes(Status(Code.FIT_NOT_IMPLEMENTED, reason), Parameters([], ""), 0, {})
+def _declined_fit(robot_id: str, reason: str) -> FitRes:
+    # FIT_NOT_IMPLEMENTED is the only non-OK code a legacy fit answer can carry, and nothing but
+    # the status travels with it: the message is "<robot>: <why>", as the server's log shows it.
+    status = Status(Code.FIT_NOT_IMPLEMENTED, f"{robot_id}: {reason}")
+    return FitRes(status, Parameters([], ""), 0, {})
 
 
-def _declined_eval(reason: str) -> EvaluateRes:
-    return EvaluateRes(Status(Code.EVALUATE_NOT_IMPLEMENTED, reason), 0.0, 0, {})
+def _declined_eval(robot_id: str, reason: str) -> EvaluateRes:
+    return EvaluateRes(Status(Code.EVALUATE_NOT_IMPLEMENTED, f"{robot_id}: {reason}"), 0.0, 0, {})
 
 
 class FleetClient(Client):
@@ -226,13 +227,13 @@ class FleetClient(Client):
                 reason = f"weights do not fit: {exc}"
         if reason is not None:
             self.note(round=rnd, phase="declined", last_result=f"round {rnd} declined: {reason}")
-            return _declined_fit(reason)
+            return _declined_fit(self.robot_id, reason)
         self.note(round=rnd, phase="training", last_result=f"round {rnd} training")
         outcome = self.train(rnd, weights)
         if outcome.update is None:
             why = f"round {rnd} dropped: {outcome.reason}"
             self.note(round=rnd, phase="declined", last_result=why)
-            return _declined_fit(outcome.reason)
+            return _declined_fit(self.robot_id, outcome.reason)
         arrays = self.model.layout.to_list(outcome.update)
         nbytes = sum(a.nbytes for a in arrays)
         self.bytes_sent += nbytes
@@ -264,7 +265,7 @@ class FleetClient(Client):
                 reason = f"gate closed during evaluation: {self.closed()}"
         if reason is not None:
             self.note(round=rnd, phase="declined", last_result=f"round {rnd} not scored: {reason}")
-            return _declined_eval(reason)
+            return _declined_eval(self.robot_id, reason)
         self.received = Received(rnd, weights, metrics)
         aggregate, base = metrics.candidate.mse, metrics.baseline.mse
         self.note(

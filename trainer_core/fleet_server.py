@@ -24,11 +24,13 @@ def _robot(metrics: dict[str, Any] | None, fallback: str) -> str:
     return str(value) if value is not None else fallback
 
 
-def _failure_reason(failure: Any) -> str:
+def _declined(failure: Any) -> dict[str, str]:
+    """A failed answer as {robot, reason}: a robot's decline says ``"<robot>: <why>"``."""
     if isinstance(failure, BaseException):
-        return f"{type(failure).__name__}: {failure}"
-    _, res = failure
-    return res.status.message or str(res.status.code)
+        return {"robot": "?", "reason": f"{type(failure).__name__}: {failure}"}
+    proxy, res = failure
+    robot, sep, why = (res.status.message or str(res.status.code)).partition(": ")
+    return {"robot": robot, "reason": why} if sep else {"robot": proxy.cid, "reason": robot}
 
 
 class LoggedFedAvg(FedAvg):
@@ -70,11 +72,7 @@ class LoggedFedAvg(FedAvg):
             sent[_robot(res.metrics, proxy.cid)] = int(sum(len(t) for t in res.parameters.tensors))
         entry["trained"] = sorted(sent)
         entry["update_bytes"] = sent
-        entry["declined"] = [
-            {"robot": _robot(f[1].metrics, f[0].cid) if isinstance(f, tuple) else "?",
-             "reason": _failure_reason(f)}
-            for f in failures
-        ]  # fmt: skip
+        entry["declined"] = [_declined(f) for f in failures]
         entry["fit_done_s"] = round(time.monotonic() - self._t0, 3)
         return super().aggregate_fit(server_round, results, failures)
 
@@ -88,7 +86,7 @@ class LoggedFedAvg(FedAvg):
             }
             for proxy, res in results
         }
-        entry["not_scored"] = [_failure_reason(f) for f in failures]
+        entry["not_scored"] = [_declined(f) for f in failures]
         out = super().aggregate_evaluate(server_round, results, failures)
         if server_round >= self.rounds:
             self._close_round()
