@@ -275,8 +275,8 @@ def join_command(args: Any, cfg: TrainerConfig) -> int:
 
 
 def _join(cfg: TrainerConfig, fleet: FleetConfig, root_certificates: bytes | None) -> int:
+    from daemon.bundle import rescan
     from daemon.cycle import baseline_of, plan_job
-    from daemon.ingest import scan_all
     from daemon.ledger import Ledger
     from daemon.logs import configure_logging
     from daemon.store import AdapterStore, StoreError, utc_stamp
@@ -296,7 +296,7 @@ def _join(cfg: TrainerConfig, fleet: FleetConfig, root_certificates: bytes | Non
     )
     status.note()
     with Ledger.open(cfg.ledger_path) as ledger:
-        scan_all(cfg, ledger)
+        rescan(cfg, ledger)
         store = AdapterStore(cfg.adapters_dir, cfg.paths.manifest, model_name=cfg.policy.model_name)
         try:
             store.recover()

@@ -211,19 +211,6 @@ def bounds_check(config: Any) -> Accept:
     return lambda episode: bounds_problem(episode, features, clamp_bounds)
 
 
-def scan_all(config: Any, ledger: Ledger) -> ScanReport:
-    """The whole episodes folder into ``ledger`` in one go, with the config's limits, split and
-    bounds check: what a one-shot verb does before it plans (``fleet join``)."""
-    return scan(
-        config.paths.episodes,
-        ledger,
-        config.ingest,
-        config.job.eval_fraction,
-        time.time(),
-        accept=bounds_check(config),
-    )
-
-
 def _reject(ledger: Ledger, report: ScanReport, key: str, reason: str, **fields: Any) -> None:
     ledger.record(key, status="rejected", reason=reason, **fields)
     report.rejected += 1
