@@ -183,17 +183,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add(
         "export",
-        "daemon.bundle:export_command",
-        "write what trains off the robot: a bundle (episodes, splits, config, base, release)",
+        "daemon.cli:export_command",
+        "write what trains off the robot (a bundle: episodes, splits, config, base, release) "
+        "or a release merged into one model for runtimes",
     )
     p.add_argument("--out", type=Path, required=True, help="folder to write (must not exist)")
     p.add_argument(
         "--format",
-        choices=("bundle",),
+        choices=tuple(EXPORTERS),
         default="bundle",
-        help="bundle: for `torchrun -m trainer_core.distributed BUNDLE`",
+        help="bundle: for `torchrun -m trainer_core.distributed BUNDLE`; merged: the release's "
+        "LoRA folded into the base (safetensors + card); onnx: that, plus model.onnx checked "
+        "against torch (extra 'onnx')",
     )
-    p.add_argument("--release", help="release to include as the baseline (default: current)")
+    p.add_argument(
+        "--release", help="bundle: its baseline; merged/onnx: the release merged (default: current)"
+    )
     ada = add("adapters", "", "adapters made elsewhere (GPU host, fleet)")
     ada_sub = ada.add_subparsers(dest="adapters_verb", required=True, metavar="ACTION")
     p = add(
@@ -249,6 +254,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 LOUD = {"daemon.service:run_command", "daemon.service:once_command"}
+# export --format FORMAT -> its handler (merged/onnx need torch: imported only when chosen)
+EXPORTERS = {
+    "bundle": "daemon.bundle:export_command",
+    "merged": "trainer_core.export_model:export_command",
+    "onnx": "trainer_core.export_model:export_command",
+}
+
+
+def export_command(args: argparse.Namespace, config: object) -> int:
+    """``export``: hand over to the chosen format's handler."""
+    return resolve_handler(EXPORTERS[args.format])(args, config)
 
 
 def resolve_handler(spec: str):

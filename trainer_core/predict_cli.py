@@ -18,30 +18,38 @@ def _release_dir(config: Any, name: str | None) -> Path:
     return adapters / "current" if name is None else adapters / "releases" / name
 
 
+def load_release(config: Any, name: str | None) -> tuple[Any, Any, Any, Path]:
+    """The base and the current (or named) release loaded as the runtime does: (base, model,
+    normalizer, release dir). Raises BaseError / LoraError saying what does not fit."""
+    from trainer_core.base import load_base
+    from trainer_core.lora import LoraError, load_adapter, read_card
+
+    release_dir = _release_dir(config, name)
+    base = load_base(config.policy.base_path, config.policy, config.features)
+    if not release_dir.exists():
+        raise LoraError(f"no release at {release_dir} (nothing promoted yet?)")
+    card_features = read_card(release_dir).get("features", {}).get("images")
+    wanted = config.features.model_dump(mode="json").get("images")
+    if card_features is not None and card_features != wanted:
+        raise LoraError(f"{release_dir}: trained on images {card_features}, config has {wanted}")
+    model, normalizer, _ = load_adapter(base.model, release_dir, base.sha256)
+    return base, model, normalizer, release_dir
+
+
 def predict_command(args: Any, config: Any) -> int:
     """Print the release's actions for every step of one episode; exit 1 with a reason."""
     import torch
 
-    from trainer_core.base import BaseError, load_base
+    from trainer_core.base import BaseError
     from trainer_core.evaluate import Policy, predict
     from trainer_core.features import read_split
-    from trainer_core.lora import LoraError, load_adapter, read_card
+    from trainer_core.lora import LoraError
 
     names = list(args.target)
     release = names[0] if len(names) == 2 else None
     episode = Path(names[-1])
-    release_dir = _release_dir(config, release)
     try:
-        base = load_base(config.policy.base_path, config.policy, config.features)
-        if not release_dir.exists():
-            raise LoraError(f"no release at {release_dir} (nothing promoted yet?)")
-        card_features = read_card(release_dir).get("features", {}).get("images")
-        wanted = config.features.model_dump(mode="json").get("images")
-        if card_features is not None and card_features != wanted:
-            raise LoraError(
-                f"{release_dir}: trained on images {card_features}, config has {wanted}"
-            )
-        model, normalizer, _ = load_adapter(base.model, release_dir, base.sha256)
+        _, model, normalizer, release_dir = load_release(config, release)
     except (BaseError, LoraError) as exc:
         print(f"predict: error: {exc}", file=sys.stderr)
         return 1
