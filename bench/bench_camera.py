@@ -5,10 +5,12 @@
 1. Decode frames/s: ``trainer_core.frames.decode`` (Pillow, JPEG draft mode) vs Pillow's plain
    open/convert/resize, same synthetic 120x160 JPEGs, to 120x160 and to 60x80.
 2. Training samples/s, cnn at 120x160, batch 64: ``train_loop`` over cached frames vs a bare
-   PyTorch loop over the same model and the same frames in memory; threads 1/2/4; the
-   trunk-feature cache (LoRA above the trunk) vs training through the frozen trunk.
-3. A fresh process gathers random batches from ``--frames`` cached 120x160 frames and runs the
-   cnn on them: its peak RSS and the cache size on disk.
+   PyTorch loop over the same model and the same frames in memory (benchlib.py, alternated,
+   medians); threads 1/2/4; the trunk-feature cache (LoRA above the trunk) vs training through
+   the frozen trunk.
+3. Fresh processes over ``--frames`` cached 120x160 frames: the job child's path (LoRA above a
+   frozen trunk: read every frame, train through the trunk, cache trunk features, an eval pass)
+   and full-cnn training (base pretraining): peak RSS after each phase, the cache size on disk.
 Last stdout line: the JSON figures object (bench protocol).
 """
 
@@ -26,9 +28,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+sys.path.insert(0, str(REPO / "bench"))
+
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+from benchlib import figure, loop_vs_bare, print_figures, run_train_loop  # noqa: E402
 
 
 def jpegs(n: int) -> list[bytes]:
@@ -52,13 +56,13 @@ def _opts():
     return CameraOptions()
 
 
-def bench_decode(data: list[bytes]) -> dict:
+def bench_decode(data: list[bytes]) -> list[dict]:
     from PIL import Image
 
     from trainer_core.frames import decode
     from trainer_core.image_config import ImageFeature
 
-    figures = {}
+    figures = []
     for size in ((120, 160), (60, 80)):
         spec = ImageFeature(size=size)
         t = time.perf_counter()
@@ -73,8 +77,11 @@ def bench_decode(data: list[bytes]) -> dict:
             np.asarray(img)
         plain = len(data) / (time.perf_counter() - t)
         tag = f"{size[0]}x{size[1]}"
-        figures[f"decode_fps_chosen_{tag}"] = round(chosen)
-        figures[f"decode_fps_pillow_plain_{tag}"] = round(plain)
+        print(f"decode {tag}: chosen (draft mode) {chosen:,.0f} frames/s, plain {plain:,.0f}")
+        figures += [
+            figure(f"decode_fps_chosen_{tag}", chosen, "frames/s"),
+            figure(f"decode_fps_pillow_plain_{tag}", plain, "frames/s"),
+        ]
     return figures
 
 
@@ -85,135 +92,167 @@ def _model():
 
     torch.manual_seed(0)
     base = CNNPolicy(0, 2, PolicyConfig(family="cnn", hidden=[100, 50]))
-    for p in base.parameters():
-        p.requires_grad_(False)
     return attach_lora(base, LoraConfig(target_modules=["dense.0", "dense.1", "head"]))
 
 
-def bench_loop(frames: np.ndarray, steps: int) -> dict:
+def bench_loop(frames: np.ndarray, steps: int, repeats: int) -> list[dict]:
     from trainer_core.config import JobConfig
     from trainer_core.frame_cache import FrameStore
     from trainer_core.inputs import ModelInputs, trunk_features
-    from trainer_core.train import Budget, LoopState, make_optimizer, train_loop
 
-    n = len(frames)
-    figures: dict = {}
+    n, batch = len(frames), 64
+    figures: list[dict] = []
+    rates = {}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "f.u8"
         path.write_bytes(frames.tobytes())
         store = FrameStore(frames.shape[1:], [path])
         y = torch.randn(n, 2)
-        job = JobConfig(max_steps=steps, log_every_steps=10**6)
+        job = JobConfig(
+            max_steps=steps, batch_size=batch, log_every_steps=10**6, max_wall_time_s=1e9,
+            max_rss_mb=1e9,
+        )  # fmt: skip
+        x = ModelInputs(torch.zeros(n, 0), frames=store)
+        empty = torch.zeros(batch, 0)
+
+        def in_memory(idx: torch.Tensor):  # the bare loop: same frames, already in memory
+            return (empty[: len(idx)], torch.from_numpy(frames[idx.numpy()])), y[idx]
+
         for threads in (1, 2, 4):
             torch.set_num_threads(threads)
-            model = _model()
-            x = ModelInputs(torch.zeros(n, 0), frames=store)
-            t = time.perf_counter()
-            train_loop(
-                model,
-                make_optimizer([p for p in model.parameters() if p.requires_grad], job),
-                x,
-                y,
-                job,
-                LoopState(),
-                Budget(job, time.monotonic(), lambda: False),
-                lambda e: None,
-            )
-            loop = steps * 64 / (time.perf_counter() - t)
-            # The bare loop: same model, same frames (in memory), same optimiser and clip.
-            model = _model()
-            params = [p for p in model.parameters() if p.requires_grad]
-            opt = torch.optim.AdamW(params, lr=3e-3)
-            gen = torch.Generator().manual_seed(0)
-            t = time.perf_counter()
-            for _ in range(steps):
-                idx = torch.randint(0, n, (64,), generator=gen)
-                out = model(torch.zeros(64, 0), torch.from_numpy(frames[idx.numpy()]))
-                loss = F.mse_loss(out, y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                opt.step()
-            bare = steps * 64 / (time.perf_counter() - t)
-            figures[f"train_sps_job_t{threads}"] = round(loop, 1)
-            figures[f"train_sps_bare_t{threads}"] = round(bare, 1)
-            figures[f"train_ratio_t{threads}"] = round(loop / bare, 3)
-        torch.set_num_threads(2)
+            ours, bare = loop_vs_bare(_model, x, y, in_memory, job, repeats)
+            rates[threads] = ours
+            print(f"cnn threads={threads}: train_loop {ours:,.1f} samples/s, bare {bare:,.1f}, "
+                  f"ratio {ours / bare:.3f}")  # fmt: skip
+            figures += [
+                figure(f"cnn_train_sps_job_t{threads}", ours, "samples/s"),
+                figure(f"cnn_train_sps_bare_t{threads}", bare, "samples/s"),
+                figure(f"cnn_train_ratio_t{threads}", ours / bare, "ratio", ">= 0.9",
+                       ours / bare >= 0.9),
+            ]  # fmt: skip
+        default = JobConfig().threads
+        print(
+            f"cnn: fastest thread count {max(rates, key=rates.get)}, job.threads default {default}"
+        )
+        torch.set_num_threads(default)
         model = _model()
         t = time.perf_counter()
         feats = trunk_features(model.get_base_model(), store, torch.device("cpu"))
         trunk_s = time.perf_counter() - t
-        x = ModelInputs(torch.zeros(n, 0), feats=feats)
-        many = steps * 20
-        job = JobConfig(max_steps=many, log_every_steps=10**6)
-        t = time.perf_counter()
-        train_loop(
-            model,
-            make_optimizer([p for p in model.parameters() if p.requires_grad], job),
-            x,
-            y,
-            job,
-            LoopState(),
-            Budget(job, time.monotonic(), lambda: False),
-            lambda e: None,
+        many = job.model_copy(update={"max_steps": steps * 20})
+        cached = (
+            many.max_steps
+            * batch
+            / run_train_loop(model, ModelInputs(torch.zeros(n, 0), feats=feats), y, many)
         )
-        cached = many * 64 / (time.perf_counter() - t)
-        figures["train_sps_trunk_cached_t2"] = round(cached, 1)
-        figures["trunk_cache_speedup_t2"] = round(cached / figures["train_sps_job_t2"], 1)
-        figures["trunk_features_s_per_1000_frames"] = round(trunk_s / n * 1000, 3)
+        through = rates[default]
+        print(f"trunk-feature cache: {cached:,.0f} samples/s vs {through:,.1f} through the trunk")
+        figures += [
+            figure(f"cnn_train_sps_trunk_cached_t{default}", cached, "samples/s"),
+            figure("trunk_cache_speedup", cached / through, "x"),
+            figure("trunk_features_s_per_1000_frames", trunk_s / n * 1000, "s"),
+        ]
     return figures
 
 
 RSS_CHILD = r"""
-import json, os, resource, sys, time
+import json, sys
 import numpy as np, torch
 sys.path.insert(0, sys.argv[3])
-from trainer_core.frame_cache import FrameStore
 from trainer_core.cnn import CNNPolicy
-from trainer_core.config import PolicyConfig
-torch.set_num_threads(2)
+from trainer_core.config import JobConfig, LoraConfig, PolicyConfig
+from trainer_core.evaluate import FRAME_CHUNK
+from trainer_core.frame_cache import FrameStore
+from trainer_core.inputs import ModelInputs, trunk_features
+from trainer_core.lora import attach_lora
+
+
+def phase_peak():
+    # VmHWM since the last reset, then reset it (clear_refs 5): each mark is that phase's peak
+    with open("/proc/self/status") as f:
+        kb = next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM"))
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return kb / 1024
+
+torch.set_num_threads(JobConfig().threads)
 store = FrameStore((3, 120, 160), [sys.argv[1]])
+n, steps, mode = len(store), int(sys.argv[2]), sys.argv[4]
+marks = {"interpreter_torch_imports": phase_peak()}
 model = CNNPolicy(0, 2, PolicyConfig(family="cnn", hidden=[100, 50]))
-opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+if mode == "lora":  # the job child: LoRA above a frozen trunk
+    model = attach_lora(model, LoraConfig(target_modules=["dense.0", "dense.1", "head"]))
+marks["torch_and_model"] = phase_peak()
+# an epoch's worth of reads: every frame once, as the trunk cache or an epoch does
+for start in range(0, n, 256):
+    store.gather(np.arange(start, min(start + 256, n)))
+marks["all_frames_read"] = phase_peak()
+opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
 rng = np.random.default_rng(0)
-n = len(store)
-for epoch_pass in range(int(sys.argv[2])):
+for _ in range(steps):  # frames through the trunk each step (augmentation on)
     idx = rng.integers(0, n, 64)
     loss = model(torch.zeros(64, 0), torch.from_numpy(store.gather(idx))).pow(2).mean()
     opt.zero_grad(); loss.backward(); opt.step()
-# touch every frame once, as an epoch (or the trunk cache) does
-for start in range(0, n, 256):
-    store.gather(np.arange(start, min(start + 256, n)))
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"frames": n, "peak_rss_mb": peak}))
+marks["train_batch_64"] = phase_peak()
+if mode == "lora":
+    sub = FrameStore((3, 120, 160), [sys.argv[5]])  # 1024 frames: the peak is per chunk
+    trunk_features(model.get_base_model(), sub, torch.device("cpu"))
+    marks["trunk_features"] = phase_peak()
+    x = ModelInputs(torch.zeros(1024, 0), frames=sub)
+    with torch.no_grad():
+        for start in range(0, 1024, FRAME_CHUNK):
+            model(*x.rows(start, start + FRAME_CHUNK))
+    marks["eval_pass"] = phase_peak()
+print(json.dumps({"frames": n, "peak_rss_mb": max(marks.values()), "marks": marks}))
 """
 
 
-def bench_rss(n_frames: int, steps: int) -> dict:
+def bench_rss(n_frames: int, steps: int) -> list[dict]:
+    figures = []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "frames.u8"
         row = np.random.default_rng(0).integers(0, 255, 3 * 120 * 160, dtype=np.uint8).tobytes()
         with open(path, "wb") as f:
             for _ in range(n_frames):
                 f.write(row)
-        done = subprocess.run(
-            [sys.executable, "-c", RSS_CHILD, str(path), str(steps), str(REPO)],
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        out = json.loads(done.stdout.strip().splitlines()[-1])
-        return {
-            "rss_frames": n_frames,
-            "rss_peak_child_mb": round(out["peak_rss_mb"], 1),
-            "cache_size_mb": round(path.stat().st_size / 2**20, 1),
-        }
+        head = Path(tmp) / "head.u8"
+        head.write_bytes(row * 1024)
+        for mode in ("lora", "full"):
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    RSS_CHILD,
+                    str(path),
+                    str(steps),
+                    str(REPO),
+                    mode,
+                    str(head),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            if done.returncode != 0:
+                raise RuntimeError(done.stderr[-2000:])
+            out = json.loads(done.stdout.strip().splitlines()[-1])
+            print(f"rss ({mode}, {n_frames} frames): peak {out['peak_rss_mb']:.0f} MB; per phase "
+                  + ", ".join(f"{k} {v:.0f}" for k, v in out["marks"].items()))  # fmt: skip
+            name = "rss_peak_child_mb" if mode == "lora" else "rss_peak_full_cnn_training_mb"
+            figures.append(figure(name, out["peak_rss_mb"], "MB", "<= 700",
+                                  out["peak_rss_mb"] <= 700))  # fmt: skip
+        size = path.stat().st_size / 2**20
+    print(f"cache size on disk for {n_frames} frames: {size:.0f} MB")
+    figures.append(figure("cache_size_mb", size, "MB"))
+    return figures
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--frames", type=int, default=20000)
     ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--full", action="store_true")  # run_all.py passes it on; sizes stay
     args = ap.parse_args()
     from trainer_core.frames import decode
     from trainer_core.image_config import ImageFeature
@@ -221,11 +260,9 @@ def main() -> int:
     data = jpegs(200)
     figures = bench_decode(data)
     frames = np.stack([decode(d, ImageFeature(), "bench") for d in data])
-    figures.update(bench_loop(frames, args.steps))
-    figures.update(bench_rss(args.frames, args.steps))
-    for k, v in figures.items():
-        print(f"{k:40s} {v}")
-    print(json.dumps(figures))
+    figures += bench_loop(frames, args.steps, args.repeats)
+    figures += bench_rss(args.frames, args.steps)
+    print_figures(figures)
     return 0
 
 

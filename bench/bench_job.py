@@ -3,8 +3,9 @@
     .venv/bin/python bench/bench_job.py [--full] [--device cpu|cuda]
 
 1. ``train_loop`` samples/s against a bare hand-written PyTorch loop doing the same math
-   (same peft-wrapped model, batch, in-memory data, AdamW, grad clipping), alternated in one
-   process, at 1 and 2 torch threads; the ratio at the default thread count is the figure.
+   (benchlib.py: same LoRA-wrapped model, batch, in-memory data, AdamW, grad clipping),
+   alternated in one process, at 1, 2 and 4 torch threads (the sweep job.threads' default is
+   chosen from); the ratio at the default thread count is the figure.
 2. A real child (``python -m trainer_core.job``) on synthetic episodes: spawn to first
    training step (read from its progress lines), and its peak RSS from result.json.
 Last stdout line: the JSON figures object (bench protocol).
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,9 +23,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+from benchlib import figure, loop_vs_bare, print_figures, tensor_batches  # noqa: E402
 
 from safety.config import SafetyConfig  # noqa: E402
 from trainer_core.base import pretrain_base  # noqa: E402
@@ -36,36 +37,14 @@ from trainer_core.config import (  # noqa: E402
     LoraConfig,
     PolicyConfig,
 )
-from trainer_core.lora import attach_lora, trainable_parameters  # noqa: E402
+from trainer_core.lora import attach_lora  # noqa: E402
 from trainer_core.policies import build_policy  # noqa: E402
 from trainer_core.spec import JobSpec  # noqa: E402
 from trainer_core.synth import write_synthetic_episodes  # noqa: E402
-from trainer_core.train import Budget, LoopState, make_optimizer, train_loop  # noqa: E402
 
-STARTUP_TARGET_S = 6.0
+STARTUP_TARGET_S = 4.0
 RSS_TARGET_MB = 600.0
 RATIO_TARGET = 0.9
-
-
-def bare_loop(model, opt, x, y, steps: int, batch: int, clip: float, seed: int) -> None:
-    """What a person would write by hand: the reference for the overhead ratio."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    n = len(x)
-    per_epoch = n // batch
-    epoch, b = 0, 0
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    for _ in range(steps):
-        if b >= per_epoch:
-            epoch, b = epoch + 1, 0
-            perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
-        idx = perm[b * batch : (b + 1) * batch]
-        b += 1
-        loss = F.mse_loss(model(x[idx]), y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, clip)
-        opt.step()
-    loss.item()
 
 
 def loop_ratio(threads: int, steps: int, repeats: int, device: torch.device) -> tuple[float, float]:
@@ -76,30 +55,11 @@ def loop_ratio(threads: int, steps: int, repeats: int, device: torch.device) -> 
     x = torch.randn(n, 3, device=device)
     y = torch.randn(n, 2, device=device)
     job = JobConfig(max_steps=steps, batch_size=batch, max_wall_time_s=1e9, max_rss_mb=1e9)
-    ours, bare = [], []
-    for r in range(repeats):
-        for which in ("ours", "bare"):
-            model = attach_lora(build_policy(3, 2, PolicyConfig()), LoraConfig()).to(device)
-            opt = make_optimizer(trainable_parameters(model), job)
-            t = time.perf_counter()
-            if which == "ours":
-                train_loop(
-                    model,
-                    opt,
-                    x,
-                    y,
-                    job,
-                    LoopState(),
-                    Budget(job, t, lambda: False),
-                    lambda e: None,
-                )
-            else:
-                bare_loop(model, opt, x, y, steps, batch, job.grad_clip, r)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            rate = steps * batch / (time.perf_counter() - t)
-            (ours if which == "ours" else bare).append(rate)
-    return statistics.median(ours), statistics.median(bare)
+
+    def make() -> torch.nn.Module:
+        return attach_lora(build_policy(3, 2, PolicyConfig()), LoraConfig()).to(device)
+
+    return loop_vs_bare(make, x, y, tensor_batches(x, y), job, repeats, device)
 
 
 def child_run(root: Path, steps: int, device: str) -> tuple[float, float, dict]:
@@ -162,33 +122,20 @@ def main() -> None:
     default_threads = JobConfig().threads
     figures = []
     rates = {}
-    for threads in (1, 2):
+    for threads in (1, 2, 4):
         ours, bare = loop_ratio(threads, steps, repeats, device)
         rates[threads] = (ours, bare)
         print(
             f"threads={threads}: train_loop {ours:,.0f} samples/s, bare loop {bare:,.0f} "
             f"samples/s, ratio {ours / bare:.3f}"
         )
-        figures.append(
-            {
-                "name": f"loop_samples_per_s_{threads}_threads",
-                "value": round(ours, 1),
-                "unit": "samples/s",
-                "target": "informational",
-                "pass": None,
-            }
-        )
+        figures.append(figure(f"loop_samples_per_s_{threads}_threads", ours, "samples/s"))
+    best = max(rates, key=lambda t: rates[t][0])
+    print(f"default job.threads = {default_threads}; fastest in this sweep: {best}")
     ours, bare = rates[default_threads]
-    figures.append(
-        {
-            "name": "loop_vs_bare_ratio",
-            "value": round(ours / bare, 3),
-            "unit": "ratio",
-            "target": f">= {RATIO_TARGET}",
-            "pass": ours / bare >= RATIO_TARGET,
-        }
-    )
-    print(f"default job.threads = {default_threads}")
+    ratio = ours / bare
+    figures.append(figure("loop_vs_bare_ratio", ratio, "ratio", f">= {RATIO_TARGET}",
+                          ratio >= RATIO_TARGET))  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         startup, rss, result = child_run(Path(tmp), 300, args.device)
     print(
@@ -197,22 +144,11 @@ def main() -> None:
         f"{result['status']}, {result['steps']} steps, device {result['device']}"
     )
     figures += [
-        {
-            "name": "child_startup_s",
-            "value": round(startup, 3),
-            "unit": "s",
-            "target": f"<= {STARTUP_TARGET_S}",
-            "pass": startup <= STARTUP_TARGET_S,
-        },
-        {
-            "name": "child_peak_rss_mb",
-            "value": round(rss, 1),
-            "unit": "MB",
-            "target": f"<= {RSS_TARGET_MB}",
-            "pass": rss <= RSS_TARGET_MB,
-        },
-    ]
-    print(json.dumps({"figures": figures}))
+        figure("child_startup_s", startup, "s", f"<= {STARTUP_TARGET_S}",
+               startup <= STARTUP_TARGET_S),
+        figure("child_peak_rss_mb", rss, "MB", f"<= {RSS_TARGET_MB}", rss <= RSS_TARGET_MB),
+    ]  # fmt: skip
+    print_figures(figures)
 
 
 if __name__ == "__main__":

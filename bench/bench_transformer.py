@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_transformer.py [--full] [--device cpu|cuda]
 
 1. ``train_loop`` samples/s on the transformer family (LoRA on q/k/v/o_proj) against the bare
-   hand-written loop of bench_job.py over the same model, alternated in one process; the ratio
+   hand-written loop of benchlib.py over the same model, alternated in one process; the ratio
    is the figure (target >= 0.9).
 2. Peak RSS of a fresh process that builds the family, attaches LoRA and trains (what a job
    child costs beyond the interpreter and torch).
@@ -15,9 +15,7 @@ Last stdout line: the JSON figures object (bench protocol).
 from __future__ import annotations
 
 import argparse
-import json
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,12 +27,11 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 import torch  # noqa: E402
-from bench_job import bare_loop  # noqa: E402
+from benchlib import figure, loop_vs_bare, print_figures, tensor_batches  # noqa: E402
 
 from trainer_core.config import FeaturesConfig, JobConfig, LoraConfig, PolicyConfig  # noqa: E402
-from trainer_core.lora import attach_lora, trainable_parameters  # noqa: E402
+from trainer_core.lora import attach_lora  # noqa: E402
 from trainer_core.policies import build_policy  # noqa: E402
-from trainer_core.train import Budget, LoopState, make_optimizer, train_loop  # noqa: E402
 
 RATIO_TARGET = 0.9
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -51,21 +48,9 @@ def loop_ratio(steps: int, repeats: int, device: torch.device) -> tuple[float, f
     n, batch = 4096, 64
     x, y = torch.randn(n, 3, device=device), torch.randn(n, 2, device=device)
     job = JobConfig(max_steps=steps, batch_size=batch, max_wall_time_s=1e9, max_rss_mb=1e9)
-    ours, bare = [], []
-    for r in range(repeats):
-        for which in ("ours", "bare"):
-            model = transformer(device)
-            opt = make_optimizer(trainable_parameters(model), job)
-            t = time.perf_counter()
-            if which == "ours":
-                budget = Budget(job, t, lambda: False)
-                train_loop(model, opt, x, y, job, LoopState(), budget, lambda e: None)
-            else:
-                bare_loop(model, opt, x, y, steps, batch, job.grad_clip, r)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            (ours if which == "ours" else bare).append(steps * batch / (time.perf_counter() - t))
-    return statistics.median(ours), statistics.median(bare)
+    return loop_vs_bare(
+        lambda: transformer(device), x, y, tensor_batches(x, y), job, repeats, device
+    )
 
 
 def rss_child(steps: int) -> float:
@@ -121,10 +106,6 @@ def lm_tokens_per_s(device: torch.device, steps: int) -> tuple[float, float, str
     return train_rate, gen_rate, "bfloat16" if bf16 else "float32"
 
 
-def figure(name: str, value: float, unit: str, target: str = "informational", ok=None) -> dict:
-    return {"name": name, "value": round(value, 3), "unit": unit, "target": target, "pass": ok}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--full", action="store_true")
@@ -163,7 +144,7 @@ def main() -> None:
             "MB",
         ),
     ]
-    print(json.dumps({"figures": figures}))
+    print_figures(figures)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from trainer_core.features import EpisodeArrays, EpisodeInfo, Normalizer
 from trainer_core.inputs import ModelInputs
 
 CHUNK = 4096  # rows per forward pass; the preemption flag is checked between chunks
-FRAME_CHUNK = 256  # rows per pass when frames are decoded into the batch (bounded memory)
+FRAME_CHUNK = 64  # rows per pass with frames: bounded memory (256 cost +270 MB, bench_camera)
 SHIFT_CAP = 1e6  # a NaN/Inf prediction shifts "infinitely": capped so the result stays JSON
 
 
