@@ -36,7 +36,13 @@ from daemon.logs import configure_logging, get_logger
 from daemon.metrics import gather, write_textfile
 from daemon.notify import Notifier
 from daemon.precheck import manifest_model_mismatch, read_manifest
-from daemon.runs import clean_runs, resumable_checkpoint
+from daemon.runs import (
+    clean_runs,
+    clear_waiting,
+    load_waiting,
+    resumable_checkpoint,
+    save_waiting,
+)
 from daemon.snapshot import decision_entry, job_view, status_line
 from daemon.status import (
     episode_states,
@@ -51,7 +57,7 @@ from daemon.watcher import EpisodeWatcher
 from gating import Gate, GateDecision, build_gate
 from safety.config import SafetyConfig, merge_manifest_safety
 from trainer_core.basefile import base_weights_file
-from trainer_core.spec import JobResult
+from trainer_core.spec import JobResult, JobSpec
 
 DAY_S = 86_400.0
 STATUS_EVERY_S = 1.0  # progress alone rewrites the status file at most this often
@@ -112,8 +118,10 @@ class Service:
         self.decisions: collections.deque[dict[str, Any]] = collections.deque(maxlen=10)
         self.gate_decision: GateDecision | None = None
         # A finished candidate that passed the rule while the gate was closed: it waits, and
-        # is judged again (against the release current then) once the gate opens.
+        # is judged again (against the release current then) once the gate opens. Named in
+        # state/pending.json while it waits, so it survives a restart (daemon.runs).
         self.pending: Outcome | None = None
+        self._pending_saved = False
         self.jobs_started: collections.deque[float] = collections.deque()
         self.counts: dict[str, int] = {}
         self.stop_requested = False
@@ -157,6 +165,7 @@ class Service:
         orphan = reap_orphan(cfg.state_dir)
         if orphan:
             self.log.warning("orphan_job_reaped", detail=orphan)
+        self._restore_waiting()  # before cleaning: its run dir is kept
         self._clean_runs()
         for path in remove_stale_state_temps(cfg):
             self.log.info("stale_temp_removed", path=str(path))
@@ -197,6 +206,52 @@ class Service:
         if self.store_error:
             self.log.info("store_usable_again")
         self.store_error = None
+
+    def _restore_waiting(self) -> None:
+        """Take back the candidate a previous daemon left waiting for the gate; it is judged
+        again (against the release current now) before anything else happens. One whose files
+        are gone or incomplete, or that was evaluated under another safety or features config,
+        is discarded with the reason: its episodes stay new, so the next job trains again."""
+        waiting = load_waiting(self.cfg.state_dir, self.cfg.runs_dir)
+        if waiting is None:
+            return
+        latest = self.ledger.last_jobs(1)
+        open_job = bool(latest) and latest[0].run_id == waiting.run_id and latest[0].status is None
+        problem = waiting.problem
+        if not problem and not open_job:  # decided already (or never started here): not twice
+            problem = "the ledger has no open job of that run"
+        if not problem and waiting.spec is not None:
+            problem = self._evaluated_elsewhere(waiting.spec)
+        if problem:
+            with contextlib.suppress(OSError):  # else found again, and discarded again, next time
+                clear_waiting(self.cfg.state_dir)
+            reason = f"waiting candidate {waiting.run_id} discarded at start: {problem}"
+            self.log.warning("candidate_discarded", job_id=waiting.run_id, reason=problem)
+            if open_job:  # its episodes stay new: the next job trains on them again
+                self._record_job_end(waiting.run_id, "preempted", None, None)
+            self._remember(waiting.run_id, "discarded", [reason], None)
+            return
+        assert waiting.result is not None
+        self.pending = Outcome(
+            waiting.run_dir, None, waiting.result, "waited for the gate across a restart"
+        )
+        self._pending_saved = True
+        self.phase = Phase.PROMOTING
+        self.reason = f"candidate {waiting.run_id} waits for the gate (kept across a restart)"
+        self.log.info("candidate_restored", job_id=waiting.run_id)
+
+    def _evaluated_elsewhere(self, spec: JobSpec) -> str:
+        """Why a kept candidate's evidence no longer applies ("" when it does): the config's
+        features, base or safety floor changed while the daemon was down."""
+        try:
+            safety = self._safety_config()
+        except (OSError, StoreError, ValueError) as exc:
+            return f"the manifest's safety block is unusable: {exc}"
+        if spec.safety != safety:
+            return "evaluated under another safety config"
+        if spec.features != self.cfg.features or spec.base_path != self.cfg.policy.base_path:
+            return "evaluated under another features config or base policy"
+        return ""
 
     def _start_watcher(self) -> EpisodeWatcher:
         folder = self.cfg.paths.episodes
@@ -571,10 +626,29 @@ class Service:
             if self.phase != Phase.PROMOTING or self.reason != reason:
                 self.log.info("candidate_waiting", job_id=run_id, gate=reason)
             self.phase, self.reason = Phase.PROMOTING, reason
+            if not self._pending_saved:
+                try:
+                    save_waiting(self.cfg.state_dir, outcome.run_dir, self._wall())
+                    self._pending_saved = True
+                except OSError as exc:  # it still waits, for this daemon's lifetime only
+                    self.log.warning("candidate_not_kept", job_id=run_id, error=str(exc))
             return
-        self.pending = None
+        # Forgotten before it is acted on: a crash in between loses this candidate (its
+        # episodes stay new and train again) rather than judge it twice.
+        self._forget_waiting()
         self.phase = Phase.PROMOTING
         self._conclude(run_id, outcome.status, result, verdict)
+
+    def _forget_waiting(self) -> None:
+        """No candidate waits any more; remove its pending.json (a failure is logged; the next
+        start finds the run's job ended in the ledger and discards it)."""
+        self.pending = None
+        if self._pending_saved:
+            self._pending_saved = False
+            try:
+                clear_waiting(self.cfg.state_dir)
+            except OSError as exc:
+                self.log.error("pending_file_not_removed", error=str(exc))
 
     def _conclude(self, run_id: str, status: str, result: JobResult, verdict: Verdict) -> None:
         """Promote (``verdict.action == "promote"``) or reject the candidate; cool down."""
@@ -756,9 +830,11 @@ class Service:
             outcome = self.supervisor.wait(self.cfg.job.grace_s + 2)
             if outcome is not None:
                 self.on_job_end(outcome)
-        if self.pending is not None:
-            # Never promoted while the gate was closed, and not now either: the episodes stay
-            # new, so the next start trains (and judges) again.
+        if self.pending is not None and self._pending_saved:
+            # Never promoted while the gate was closed, and not now either: it stays named in
+            # pending.json and the next start judges it again.
+            self.log.info("candidate_kept", job_id=self.pending.run_dir.name)
+        elif self.pending is not None:  # not kept on disk: the episodes stay new, train again
             run_id = self.pending.run_dir.name
             self.pending = None
             self._record_job_end(run_id, "preempted", None, None)

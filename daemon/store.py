@@ -269,7 +269,7 @@ class AdapterStore:
         candidate's adapter_config.json (peft ``r``, ``lora_alpha``).
         """
         candidate_dir = Path(candidate_dir)
-        rank, alpha = _check_candidate(candidate_dir)
+        rank, alpha = check_candidate(candidate_dir)
         card = {**_read_candidate_card(candidate_dir), **card}
         with self._locked():
             self._adopt_locked()
@@ -751,7 +751,7 @@ def _read_candidate_card(candidate_dir: Path) -> dict[str, Any]:
     return card if isinstance(card, dict) else {}
 
 
-def _check_candidate(candidate_dir: Path) -> tuple[int, float]:
+def check_candidate(candidate_dir: Path) -> tuple[int, float]:
     """StoreError unless the job's candidate is complete; return its LoRA rank and alpha."""
     if not candidate_dir.is_dir():
         raise StoreError(f"candidate {candidate_dir} is not a directory")

@@ -23,3 +23,11 @@ def samples(tmp_path: Path) -> Path:
         p.chmod(0o755 if p.is_dir() else 0o644)
     dest.chmod(0o755)
     return dest
+
+
+@pytest.fixture(scope="session")
+def base_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One pretrained base per session for the end-to-end daemon tests (daemon_harness)."""
+    from tests.daemon_harness import shared_base
+
+    return shared_base(tmp_path_factory)

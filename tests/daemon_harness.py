@@ -1,13 +1,17 @@
-"""Helpers for tests that run the real daemon as a subprocess.
+"""Helpers for tests that run the real daemon, as a subprocess or in-process.
 
-A robot root in a tmp dir (base policy, manifest, mode file, config with short timings), a
-notify socket the test binds (systemd's side of ``Type=notify``), and small waiting helpers.
+A robot root in a tmp dir (base policy, manifest, mode file, config with short timings), one
+pretrained base per test session (:func:`shared_base`, conftest's ``base_checkpoint``), a
+notify socket the test binds (systemd's side of ``Type=notify``), the real service ticked by
+the test (:class:`InProcessDaemon`: its job child is still a real subprocess) and small
+waiting helpers.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -17,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
@@ -112,6 +117,87 @@ def make_root(
 
 def synth(root: Path, out: Path, *extra: str) -> None:
     cli(root, "synth", "--out", str(out), *extra)
+
+
+_BASES: dict[str, Path] = {}
+
+
+def shared_base(factory: pytest.TempPathFactory) -> Path:
+    """A base policy pretrained once per test session through the real ``base pretrain`` verb
+    (pretraining is the slow part of every end-to-end test); :func:`make_root` copies it."""
+    if "base" not in _BASES or not _BASES["base"].is_file():
+        work = factory.mktemp("base")
+        synth(work, work / "factory", "--episodes", "12", "--steps", "80", "--seed", "1")
+        out = work / "base" / "policy.safetensors"
+        cli(work, "base", "pretrain", "--episodes", str(work / "factory"), "--steps", "600",
+            "--out", str(out))  # fmt: skip
+        _BASES["base"] = out
+    return _BASES["base"]
+
+
+def drop_episodes(root: Path, staging: Path, expect_valid: int | None = None) -> None:
+    """Rename staged episodes into the watched folder, as producers do; with ``expect_valid``,
+    wait until a running daemon's status shows that many valid episodes."""
+    for entry in staging.iterdir():
+        os.rename(entry, root / "rlds" / "episodes" / entry.name)
+    if expect_valid is not None:
+        wait_until(
+            lambda: (status(root).get("ledger") or {}).get("valid") == expect_valid,
+            30,
+            f"{expect_valid} valid episodes in the ledger",
+            root / "daemon.log",
+        )
+
+
+def decisions(root: Path, exclude: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """The status file's decisions, newest first, without preemptions and ``exclude``d jobs."""
+    return [
+        d
+        for d in status(root).get("last_decisions", [])
+        if d["verdict"] != "preempted" and d["job_id"] not in exclude
+    ]
+
+
+def next_decision(
+    root: Path,
+    staging: Path,
+    expect_valid: int,
+    exclude: tuple[str, ...] = (),
+    timeout: float = 120,
+) -> dict[str, Any]:
+    """Drop the staged episodes into a running daemon's folder, open the gate (mode idle) and
+    wait for the next decision on a job not in ``exclude``."""
+    drop_episodes(root, staging, expect_valid)
+    write_mode(root, "idle")
+    found = wait_until(lambda: decisions(root, exclude), timeout, "a decision", root / "daemon.log")
+    return found[0]
+
+
+def promote_copy(root: Path, tmp: Path, release_dir: Path, name: str) -> str:
+    """Promote a copy of a real release's (or candidate's) adapter as a new release, through
+    the store and its lock, as an operator would; returns the new release id."""
+    from daemon.store import AdapterStore
+
+    cand = tmp / name
+    cand.mkdir()
+    for f in release_dir.iterdir():
+        if f.name != "release.json":
+            shutil.copyfile(f, cand / f.name)
+    store = AdapterStore(root / "model" / "adapters", root / "model" / "manifest.json")
+    return store.promote(cand, {"decision": [f"a copy promoted by the test: {name}"]}).id
+
+
+def once(
+    root: Path, config: Path, *args: str, timeout: float = 240
+) -> subprocess.CompletedProcess[str]:
+    """``continuon-trainer once`` against ``root`` (not checked: tests look at the code)."""
+    return subprocess.run(
+        [*CLI, "--root", str(root), "--config", str(config), "once", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=timeout,
+    )
 
 
 class NotifySocket:
@@ -216,3 +302,97 @@ def stop(proc: subprocess.Popen[str], timeout: float = 20) -> int:
     if proc.poll() is None:
         proc.terminate()
     return proc.wait(timeout=timeout)
+
+
+DAEMON_ENV_STRIPPED = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+PAUSED_JOB = REPO / "tests" / "paused_job.py"
+
+
+def paused_child(folder: Path) -> Path:
+    """An executable that the supervisor runs as its ``python``: the real job child, which
+    pauses in the phase a test names (tests/paused_job.py, :meth:`InProcessDaemon.pause_in`)."""
+    wrapper = folder / "paused-python"
+    # The supervisor runs `<python> -m trainer_core.job <spec>`: the spec is the third word.
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{PAUSED_JOB}" "$3"\n')
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+class InProcessDaemon:
+    """The real :class:`daemon.service.Service` in the test's process, ticked by the test (the
+    job child is a real subprocess, which :meth:`pause_in` can hold in one phase so the test
+    acts there; :meth:`release` lets it go on)."""
+
+    def __init__(self, root: Path, config: Path) -> None:
+        from daemon.config import load_config
+        from daemon.service import Service
+        from daemon.supervisor import JobSupervisor
+
+        self.root = root
+        cfg, _ = load_config(config, str(root))
+        env = {k: v for k, v in os.environ.items() if k not in DAEMON_ENV_STRIPPED}
+        self._pause_file = root / "pause-in"
+        env["CONTINUON_TEST_PAUSE_FILE"] = str(self._pause_file)
+        self.service = Service(cfg, config, env)
+        python = str(paused_child(root))
+        self.service.supervisor = JobSupervisor(cfg.state_dir, env, python=python)
+        self.service.start()
+
+    def pause_in(self, phase: str) -> None:
+        """The next job waits after announcing ``phase`` (load, train, eval)."""
+        self._pause_file.write_text(phase)
+
+    def tick_until(self, predicate: Callable[[], Any], what: str, timeout: float = 180) -> Any:
+        """Tick the loop until ``predicate()`` is truthy (the timeout only stops a hang)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}: {self.service.reason}")
+            self.service.tick()
+
+    def decision(self, timeout: float = 180) -> dict[str, Any]:
+        """Tick until the next entry of ``last_decisions``; return it."""
+        seen = len(self.service.decisions)
+        self.tick_until(lambda: len(self.service.decisions) > seen, "a decision", timeout)
+        return self.service.decisions[0]
+
+    def settle(self, timeout: float = 60) -> str:
+        """Tick until the daemon has scanned everything and has nothing to do (or is blocked
+        on something only an operator can fix); its reason."""
+        from daemon.service import Phase
+
+        s = self.service
+
+        def idle() -> bool:
+            quiet = not s.rescanning and not s.supervisor.running and s.pending is None
+            done = s.phase in (Phase.IDLE, Phase.COOLDOWN) or s.blocked is not None
+            return quiet and done and not s.counts["settling"]
+
+        self.tick_until(idle, "nothing to do", timeout)
+        for _ in range(3):  # a trigger that fires would start a job within these
+            s.tick()
+            assert not s.supervisor.running, s.reason
+        return s.reason
+
+    def at_phase(self, phase: str, timeout: float = 180) -> None:
+        """Tick until the running child reports ``phase`` (where a paused child waits)."""
+        sup = self.service.supervisor
+        self.tick_until(lambda: sup.running and sup.progress.phase == phase, phase, timeout)
+
+    def release(self) -> None:
+        """Let a paused child go on."""
+        spec = self.service.supervisor.spec
+        assert spec is not None
+        (spec.run_dir / "go").write_text("")
+
+    def child_ended(self, timeout: float = 180) -> None:
+        """Wait, without ticking (so the service has not seen it yet), for the child's exit."""
+        proc = self.service.supervisor._proc
+        assert proc is not None
+        proc.wait(timeout)
+
+    def stop(self) -> None:
+        self.service.shutdown()

@@ -17,9 +17,10 @@ from tests.daemon_harness import (
     CLI,
     REPO,
     NotifySocket,
-    cli,
     group_alive,
     make_root,
+    next_decision,
+    once,
     start_daemon,
     status,
     stop,
@@ -29,26 +30,6 @@ from tests.daemon_harness import (
 )
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def base_checkpoint(tmp_path_factory) -> Path:
-    """One pretrained base for the whole module (pretraining is the slow part)."""
-    work = tmp_path_factory.mktemp("base")
-    synth(work, work / "factory", "--episodes", "12", "--steps", "80", "--seed", "1")
-    out = work / "base" / "policy.safetensors"
-    cli(
-        work,
-        "base",
-        "pretrain",
-        "--episodes",
-        str(work / "factory"),
-        "--steps",
-        "600",
-        "--out",
-        str(out),
-    )
-    return out
 
 
 def torch_mapped(pid: int) -> bool:
@@ -108,26 +89,6 @@ def test_notify_protocol(tmp_path, base_checkpoint):
         notify.close()
 
 
-def drop_episodes(root: Path, staging: Path, expect_valid: int) -> None:
-    """Rename staged episodes into the watched folder, as producers do; wait until ingested."""
-    for entry in staging.iterdir():
-        os.rename(entry, root / "rlds" / "episodes" / entry.name)
-    wait_until(
-        lambda: (status(root).get("ledger") or {}).get("valid") == expect_valid,
-        30,
-        f"{expect_valid} valid episodes in the ledger",
-        root / "daemon.log",
-    )
-
-
-def decisions(root: Path, exclude: tuple[str, ...] = ()) -> list[dict]:
-    return [
-        d
-        for d in status(root).get("last_decisions", [])
-        if d["verdict"] != "preempted" and d["job_id"] not in exclude
-    ]
-
-
 def test_end_to_end_promote_then_reject_unsafe(tmp_path, base_checkpoint):
     # clip: the reckless driver's out-of-bounds commands are clipped and trained on (with the
     # default, skip, they never reach a job); it still drives into people at full throttle
@@ -155,9 +116,7 @@ def test_end_to_end_promote_then_reject_unsafe(tmp_path, base_checkpoint):
             "--steering-bias",
             "0.3",
         )
-        drop_episodes(root, staging, 12)
-        write_mode(root, "idle")
-        first = wait_until(lambda: decisions(root), 120, "a decision", log)[0]
+        first = next_decision(root, staging, 12)
         assert first["verdict"] == "promoted", first
         manifest = json.loads(manifest_path.read_text())
         assert manifest["adapter_meta"]["release_id"] == first["release"]
@@ -169,11 +128,7 @@ def test_end_to_end_promote_then_reject_unsafe(tmp_path, base_checkpoint):
         write_mode(root, "manual_control")
         before = manifest_path.read_bytes()
         synth(root, staging, "--episodes", "10", "--steps", "100", "--seed", "6", "--unsafe")
-        drop_episodes(root, staging, 22)
-        write_mode(root, "idle")
-        second = wait_until(
-            lambda: decisions(root, exclude=(first["job_id"],)), 120, "a second decision", log
-        )[0]
+        second = next_decision(root, staging, 22, exclude=(first["job_id"],))
         assert second["verdict"] == "rejected", second
         decisive = second["reasons"][0]
         assert decisive.startswith(("FAIL clamp", "FAIL block", "FAIL warn", "FAIL mean_risk")), (
@@ -308,13 +263,7 @@ def test_once_force_runs_one_cycle_despite_teleop(tmp_path, base_checkpoint):
         "--steering-bias",
         "0.3",
     )
-    done = subprocess.run(
-        [*CLI, "--root", str(root), "--config", str(config), "once", "--force"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=180,
-    )
+    done = once(root, config, "--force")
     assert done.returncode == 0, done.stdout + done.stderr
     assert '"event":"candidate_promoted"' in done.stderr
     assert '<4>{"event":"gate_closed"' not in done.stderr  # --force: the gate is no warning
@@ -322,13 +271,7 @@ def test_once_force_runs_one_cycle_despite_teleop(tmp_path, base_checkpoint):
     assert manifest["generation"] == 1
     # Without --force and with the robot in teleop, `once` does not train: it waits for the gate
     # or, with nothing new to do, says so and exits.
-    again = subprocess.run(
-        [*CLI, "--root", str(root), "--config", str(config), "once"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=60,
-    )
+    again = once(root, config, timeout=60)
     assert again.returncode == 0 and "nothing to do" in again.stderr
     assert "(episodes: " in again.stderr and "trainable" in again.stderr  # one vocabulary
 
@@ -336,13 +279,7 @@ def test_once_force_runs_one_cycle_despite_teleop(tmp_path, base_checkpoint):
 def test_once_says_why_it_cannot_train(tmp_path):
     root, config = make_root(tmp_path, base=None, mode="idle")  # no base policy
     synth(root, root / "rlds" / "episodes", "--episodes", "4", "--steps", "20", "--seed", "9")
-    done = subprocess.run(
-        [*CLI, "--root", str(root), "--config", str(config), "once", "--force"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=60,
-    )
+    done = once(root, config, "--force", timeout=60)
     assert done.returncode == 1
     assert "cannot train: no base policy at" in done.stderr
 
@@ -354,13 +291,7 @@ def test_one_daemon_per_state_folder_and_reload_is_acknowledged(tmp_path, base_c
     log = root / "daemon.log"
     try:
         wait_until(lambda: notify.lines("READY=1"), 30, "READY=1", log)
-        second = subprocess.run(
-            [*CLI, "--root", str(root), "--config", str(config), "once"],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-            timeout=60,
-        )
+        second = once(root, config, timeout=60)
         assert second.returncode == 2
         assert "another continuon-trainer (pid" in second.stderr
         assert proc.poll() is None

@@ -11,16 +11,16 @@ bad are never made current again.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
 import pytest
 
-from daemon.store import AdapterStore
 from tests.daemon_harness import (
     cli,
     make_root,
+    next_decision,
+    promote_copy,
     start_daemon,
     status,
     stop,
@@ -28,7 +28,6 @@ from tests.daemon_harness import (
     wait_until,
     write_mode,
 )
-from tests.test_daemon import base_checkpoint, decisions, drop_episodes  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
@@ -43,17 +42,6 @@ def hold(root: Path, mode: str, seconds: float) -> None:
     time.sleep(seconds)
 
 
-def promote_copy(root: Path, tmp: Path, release_dir: Path, name: str) -> str:
-    """Promote a copy of a real release's adapter as a new release (what a promotion does)."""
-    cand = tmp / name
-    cand.mkdir()
-    for f in release_dir.iterdir():
-        if f.name != "release.json":
-            shutil.copyfile(f, cand / f.name)
-    store = AdapterStore(root / "model" / "adapters", root / "model" / "manifest.json")
-    return store.promote(cand, {"decision": [f"copy for the health test: {name}"]}).id
-
-
 def current_id(root: Path) -> str:
     return json.loads((root / "model" / "manifest.json").read_text())["adapter_meta"]["release_id"]
 
@@ -66,7 +54,7 @@ def record(root: Path, rid: str) -> dict:
     return json.loads((root / "state" / "health.json").read_text())["releases"].get(rid) or {}
 
 
-def test_health_window_rolls_back_confirms_and_stops(tmp_path, base_checkpoint):  # noqa: F811
+def test_health_window_rolls_back_confirms_and_stops(tmp_path, base_checkpoint):
     root, config = make_root(tmp_path, HEALTH, base=base_checkpoint, mode="manual_control")
     log = root / "daemon.log"
     proc = start_daemon(root, config)
@@ -86,9 +74,7 @@ def test_health_window_rolls_back_confirms_and_stops(tmp_path, base_checkpoint):
             "--steering-bias",
             "0.3",
         )
-        drop_episodes(root, staging, 12)
-        write_mode(root, "idle")
-        first = wait_until(lambda: decisions(root), 120, "a decision", log)[0]
+        first = next_decision(root, staging, 12)
         assert first["verdict"] == "promoted", first
         r1 = first["release"]
         r1_dir = root / "model" / "adapters" / "releases" / r1
@@ -147,11 +133,7 @@ def test_health_window_rolls_back_confirms_and_stops(tmp_path, base_checkpoint):
             "--steering-bias",
             "0.3",
         )
-        drop_episodes(root, staging, 18)
-        write_mode(root, "idle")
-        wait_until(
-            lambda: decisions(root, exclude=(first["job_id"],)), 120, "a second decision", log
-        )
+        next_decision(root, staging, 18, exclude=(first["job_id"],))
         for _ in range(20):
             seen_current.add(current_id(root))
             time.sleep(0.1)
@@ -164,7 +146,7 @@ def test_health_window_rolls_back_confirms_and_stops(tmp_path, base_checkpoint):
             proc.kill()
 
 
-def test_excluding_unsafe_episodes_lets_a_safe_batch_promote(tmp_path, base_checkpoint):  # noqa: F811
+def test_excluding_unsafe_episodes_lets_a_safe_batch_promote(tmp_path, base_checkpoint):
     # clip: the reckless driver's out-of-bounds commands reach the job (as in test_daemon)
     extra = {"features": {"out_of_bounds": "clip"}}
     root, config = make_root(tmp_path, extra, base=base_checkpoint, mode="manual_control")
@@ -175,9 +157,7 @@ def test_excluding_unsafe_episodes_lets_a_safe_batch_promote(tmp_path, base_chec
         staging = tmp_path / "staging"
         synth(root, staging, "--episodes", "10", "--steps", "100", "--seed", "6", "--unsafe")
         unsafe = sorted(p.name for p in staging.iterdir())
-        drop_episodes(root, staging, 10)
-        write_mode(root, "idle")
-        first = wait_until(lambda: decisions(root), 120, "a decision", log)[0]
+        first = next_decision(root, staging, 10)
         assert first["verdict"] == "rejected", first
         named = [r for r in first["reasons"] if r.startswith("NOTE episodes")]
         assert named and any(n in named[0] for n in unsafe), first["reasons"]
@@ -205,11 +185,7 @@ def test_excluding_unsafe_episodes_lets_a_safe_batch_promote(tmp_path, base_chec
             "--steering-bias",
             "0.3",
         )
-        drop_episodes(root, staging, 22)
-        write_mode(root, "idle")
-        second = wait_until(
-            lambda: decisions(root, exclude=(first["job_id"],)), 120, "a second decision", log
-        )[0]
+        second = next_decision(root, staging, 22, exclude=(first["job_id"],))
         assert second["verdict"] == "promoted", second
         shown = json.loads(cli(root, "releases", "show", second["release"]).stdout)
         trained = {Path(e["path"]).name for e in shown["episodes"] if e["path"]}

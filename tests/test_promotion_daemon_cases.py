@@ -1,11 +1,14 @@
-"""Adversarial cases on the daemon side of the promotion decision (issue 11, items 6, 7, 9):
+"""Daemon-side promotion cases that need no job (issue 11, items 6 and 9); the cases through
+the real job and daemon (preemption at each phase, a candidate waiting for the gate and across
+a restart, a FIFO at the mode path preempting a job, ...) are one table in
+tests/test_promotion_adversarial.py.
 
-- preemption at each phase of the real job (a real SIGTERM through its real handler): nothing
-  is promoted from a preempted job, and the resumed job finishes and is judged;
 - a split change (``job.eval_fraction``) after a promotion: no episode a release trained on
   enters a candidate's eval set (real ledger, the daemon's own planning);
-- a FIFO (or other non-regular file) at the mode-file path: the gate closes with a reason and
-  never blocks; through the real daemon, a running job is still preempted in time.
+- a FIFO (or other non-regular file) at the mode-file path: the gate source refuses it with a
+  reason and never blocks;
+- a step shard is read exactly when it is hashed;
+- the waiting candidate's file: what a restarted daemon takes back, and why it discards one.
 
 The pure side (a passing candidate waits while the gate is closed and is re-judged against the
 release current later) is table-tested in tests/test_cycle.py.
@@ -13,8 +16,9 @@ release current later) is table-tested in tests/test_cycle.py.
 
 from __future__ import annotations
 
+import json
 import os
-import signal
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -24,71 +28,8 @@ import pytest
 from daemon.config import load_config
 from daemon.cycle import BASE, plan_job
 from daemon.ledger import Ledger, split_for
+from daemon.runs import WAITING_FILE, clear_waiting, load_waiting, save_waiting
 from gating.sources import ModeFileSource
-from tests.daemon_harness import (
-    group_alive,
-    make_root,
-    start_daemon,
-    status,
-    stop,
-    synth,
-    wait_until,
-    write_mode,
-)
-from tests.test_job import World, build_world, run_job, write_spec
-from trainer_core import job as job_module
-from trainer_core.spec import ExitCode
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> World:
-    return build_world(tmp_path_factory.mktemp("world"))
-
-
-# phase at which SIGTERM arrives -> whether a resume checkpoint is expected
-PREEMPT_AT = [("load", False), ("train", True), ("eval", True)]
-
-
-@pytest.mark.parametrize(("phase", "checkpoint"), PREEMPT_AT, ids=[p for p, _ in PREEMPT_AT])
-def test_preemption_at_each_phase_leaves_no_candidate_and_resumes(
-    world: World,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    phase: str,
-    checkpoint: bool,
-) -> None:
-    real_emit = job_module.emit
-    sent = []
-
-    def emit(event: dict) -> None:
-        real_emit(event)
-        if event.get("event") == "phase" and event.get("phase") == phase and not sent:
-            sent.append(phase)
-            os.kill(os.getpid(), signal.SIGTERM)  # the job's own handler takes it
-
-    monkeypatch.setattr(job_module, "emit", emit)
-    spec = write_spec(tmp_path / "r1", world.shift[:6], world.shift[9:], world.base, max_steps=40)
-    code, result = run_job(spec)
-    assert sent == [phase]
-    assert code == ExitCode.PREEMPTED and result.status == "preempted", result.reason
-    assert result.candidate_path is None and result.metrics is None  # nothing to promote
-    assert (result.checkpoint_path is not None) == checkpoint
-    if phase == "eval":
-        assert "evaluation" in result.reason and result.steps == 40
-
-    monkeypatch.setattr(job_module, "emit", real_emit)
-    resumed = write_spec(
-        tmp_path / "r2",
-        world.shift[:6],
-        world.shift[9:],
-        world.base,
-        max_steps=40,
-        resume_from=result.checkpoint_path,
-    )
-    code, again = run_job(resumed)
-    assert code == ExitCode.DONE and again.status == "done", again.reason
-    assert again.candidate_path is not None and again.metrics is not None
-    assert again.resumed_from_step == (result.steps if checkpoint else 0)
 
 
 def test_split_change_after_a_promotion_keeps_trained_episodes_out_of_eval(
@@ -162,108 +103,6 @@ def test_non_regular_mode_file_is_refused_without_blocking(tmp_path: Path, make,
     assert word in reading.error
 
 
-def test_fifo_at_mode_path_closes_the_gate_and_preempts_a_running_job(
-    tmp_path: Path, world: World
-) -> None:
-    root, config = make_root(
-        tmp_path,
-        base=world.base,
-        mode="idle",
-        extra={"job": {"max_steps": 100000, "max_wall_time_s": 120, "batch_size": 16}},
-    )
-    synth(root, root / "rlds" / "episodes", "--episodes", "8", "--steps", "60", "--seed", "7")
-    proc = start_daemon(root, config)
-    log = root / "daemon.log"
-    try:
-        job = wait_until(
-            lambda: (status(root).get("job") or {}).get("step", 0) > 0 and status(root)["job"],
-            90,
-            "a running job",
-            log,
-        )
-        mode = root / ".robot_mode"
-        mode.unlink()
-        os.mkfifo(mode)  # no writer: a blocking open would hang the gate poll
-        flipped = time.monotonic()
-        wait_until(lambda: not group_alive(job["pid"]), 8, "the child to be preempted", log)
-        assert time.monotonic() - flipped < 5.0
-        gate = wait_until(
-            lambda: (status(root).get("gate") or {}).get("open") is False and status(root)["gate"],
-            5,
-            "the gate closed in the status",
-            log,
-        )
-        assert "fifo" in str(gate), gate
-        decision = wait_until(lambda: status(root).get("last_decisions"), 5, "a record", log)[0]
-        assert decision["verdict"] == "preempted"
-        assert status(root).get("current_release") is None  # nothing promoted while closed
-        mode.unlink()
-        write_mode(root, "idle")
-        assert stop(proc) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-
-
-@pytest.mark.parametrize("meanwhile", ["nothing", "another release lands"])
-def test_finished_candidate_waits_for_the_gate_and_is_judged_again(
-    tmp_path: Path, world: World, meanwhile: str
-) -> None:
-    """The real service and a real child; the gate closes after the child finished and before
-    the service judged its candidate (the one window a live daemon cannot be timed into)."""
-    import shutil
-
-    from daemon.service import Phase, Service
-
-    # What is tested is when the verdict is carried out, not the rule: the candidate learns
-    # steering and leaves throttle alone, so the per-name margin is widened for this world.
-    extra = {"promotion": {"max_name_regression": 0.5}}
-    root, config = make_root(tmp_path, base=world.base, mode="idle", extra=extra)
-    synth(root, root / "rlds" / "episodes", "--episodes", "12", "--steps", "100", "--seed", "5",
-          "--steering-bias", "0.3")  # fmt: skip
-    cfg, _ = load_config(config, str(root))
-    service = Service(cfg, config, {})
-    service.start()
-    try:
-        deadline = time.monotonic() + 60
-        while not service.supervisor.running:
-            assert time.monotonic() < deadline, service.reason
-            service.tick()
-        outcome = service.supervisor.wait(120)
-        assert outcome is not None and outcome.status == "done", outcome
-        write_mode(root, "manual_control")
-        service.gate_decision = service.gate.poll()
-        assert not service.gate_decision.open
-        service.on_job_end(outcome)
-        assert service.pending is not None and service.phase == Phase.PROMOTING
-        assert "waits for the gate" in service.reason
-        if meanwhile != "nothing":
-            other = tmp_path / "other"
-            shutil.copytree(outcome.result.candidate_path, other)
-            service.store.promote(other, {"run_id": "operator"})
-        landed = service.store.current()
-        for _ in range(5):
-            service.tick()
-        assert service.store.current() == landed  # nothing promoted while the gate is closed
-        if meanwhile == "nothing":
-            assert service.pending is not None
-            write_mode(root, "idle")
-            deadline = time.monotonic() + 30
-            while service.pending is not None:
-                assert time.monotonic() < deadline, service.reason
-                service.tick()
-            decision = service.decisions[0]
-            assert decision["verdict"] == "promoted", decision
-        else:  # judged again at once: it was evaluated against what is no longer current
-            assert service.pending is None
-            decision = service.decisions[0]
-            assert decision["verdict"] == "rejected", decision
-            assert any(r.startswith("FAIL baseline") for r in decision["reasons"])
-            assert service.store.current().id == landed.id
-    finally:
-        service.shutdown()
-
-
 def _steps(episode: Path) -> int:
     from trainer_core.config import IngestConfig
     from trainer_core.rlds import EpisodeError, read_episode
@@ -288,3 +127,95 @@ def test_a_step_shard_is_read_exactly_when_it_is_hashed(tmp_path: Path, name: st
     read = _steps(episode) != before[0]
     hashed = content_hash(episode) != before[1]
     assert read == hashed == hashed_file(f"steps/{name}")
+
+
+# -- the waiting candidate's file (daemon.runs): what a restart can take back ------------------
+
+
+def _waiting_run(runs: Path) -> Path:
+    """A finished run with metrics and a complete candidate, as the child leaves one."""
+    from daemon.store import CANDIDATE_FILES
+    from tests.test_cycle import metrics
+    from trainer_core.fsio import atomic_write_json
+    from trainer_core.spec import JobResult, JobSpec
+
+    cfg, _ = load_config(None, str(runs.parent))
+    run = runs / "20260101T000000Z-0001"
+    candidate = run / "candidate"
+    candidate.mkdir(parents=True)
+    for name in CANDIDATE_FILES:
+        (candidate / name).write_text("{}")
+    (candidate / "adapter_config.json").write_text('{"r": 4, "lora_alpha": 8}')
+    header = b'{"__metadata__":{}}'
+    (candidate / "adapter_model.safetensors").write_bytes(
+        len(header).to_bytes(8, "little") + header
+    )
+    result = JobResult(run_id=run.name, status="done", candidate_path=candidate, metrics=metrics())
+    atomic_write_json(run / "result.json", result.model_dump(mode="json"))
+    spec = JobSpec(
+        run_id=run.name, run_dir=run, train_episodes=[run / "e"], eval_episodes=[],
+        base_path=cfg.policy.base_path, features=cfg.features, policy=cfg.policy,
+        lora=cfg.lora, job=cfg.job, ingest=cfg.ingest, safety=cfg.safety,
+    )  # fmt: skip
+    (run / "spec.json").write_text(spec.model_dump_json())
+    return run
+
+
+def _no_candidate_file(run: Path) -> None:
+    (run / "candidate" / "normalizer.json").unlink()
+
+
+def _not_safetensors(run: Path) -> None:
+    (run / "candidate" / "adapter_model.safetensors").write_bytes(b"\x80\x04pickle")
+
+
+def _preempted(run: Path) -> None:
+    data = json.loads((run / "result.json").read_text())
+    (run / "result.json").write_text(json.dumps(data | {"status": "preempted"}))
+
+
+def _no_result(run: Path) -> None:
+    (run / "result.json").unlink()
+
+
+def _run_gone(run: Path) -> None:
+    shutil.rmtree(run)
+
+
+def _elsewhere(run: Path) -> None:
+    (run.parent.parent / "state" / WAITING_FILE).write_text(json.dumps({"run_dir": "/etc"}))
+
+
+def _garbage(run: Path) -> None:
+    (run.parent.parent / "state" / WAITING_FILE).write_text("{not json")
+
+
+# (case, damage done while the daemon was down, what the problem says; "" = judged again)
+WAITING_CASES = [
+    ("intact", lambda run: None, ""),
+    ("a_candidate_file_removed", _no_candidate_file, "lacks normalizer.json"),
+    ("adapter_not_safetensors", _not_safetensors, "not safetensors"),
+    ("result_says_preempted", _preempted, "without an evaluated candidate"),
+    ("result_removed", _no_result, "no result.json"),
+    ("run_directory_removed", _run_gone, "is gone"),
+    ("names_a_folder_outside_the_runs", _elsewhere, "names no run"),
+    ("unreadable_file", _garbage, "unreadable pending.json"),
+]
+
+
+@pytest.mark.parametrize(("damage", "problem"), [c[1:] for c in WAITING_CASES],
+                         ids=[c[0] for c in WAITING_CASES])  # fmt: skip
+def test_a_waiting_candidate_is_taken_back_only_when_complete(
+    tmp_path: Path, damage, problem: str
+) -> None:
+    state, runs = tmp_path / "state", tmp_path / "runs"
+    state.mkdir()
+    run = _waiting_run(runs)
+    save_waiting(state, run, 1.0)
+    damage(run)
+    waiting = load_waiting(state, runs)
+    assert waiting is not None
+    assert problem in waiting.problem and bool(waiting.problem) == bool(problem), waiting.problem
+    assert (waiting.result is not None) == (not problem)
+    clear_waiting(state)
+    assert load_waiting(state, runs) is None

@@ -9,27 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_harness import CLI, REPO, cli, make_root, synth
+from tests.daemon_harness import REPO, cli, make_root, once, synth
 
 
 @pytest.fixture(scope="module")
-def trained_root(tmp_path_factory) -> tuple[Path, Path]:
+def trained_root(tmp_path_factory, base_checkpoint) -> tuple[Path, Path]:
     """A root where one `once --force` promoted a release (teleop: the gate is closed)."""
     work = tmp_path_factory.mktemp("report")
-    synth(work, work / "factory", "--episodes", "8", "--steps", "60", "--seed", "1")
-    base = work / "base" / "policy.safetensors"
-    cli(
-        work,
-        "base",
-        "pretrain",
-        "--episodes",
-        str(work / "factory"),
-        "--steps",
-        "300",
-        "--out",
-        str(base),
-    )
-    root, config = make_root(work, base=base, mode="manual_control")
+    root, config = make_root(work, base=base_checkpoint, mode="manual_control")
     synth(
         root,
         root / "rlds" / "episodes",
@@ -42,13 +29,7 @@ def trained_root(tmp_path_factory) -> tuple[Path, Path]:
         "--steering-bias",
         "0.3",
     )
-    done = subprocess.run(
-        [*CLI, "--root", str(root), "--config", str(config), "once", "--force"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=240,
-    )
+    done = once(root, config, "--force")
     assert done.returncode == 0, done.stdout + done.stderr
     return root, config
 
