@@ -359,23 +359,29 @@ class InProcessDaemon:
         self.tick_until(lambda: len(self.service.decisions) > seen, "a decision", timeout)
         return self.service.decisions[0]
 
-    def settle(self, timeout: float = 60) -> str:
-        """Tick until the daemon has scanned everything and has nothing to do (or is blocked
-        on something only an operator can fix); its reason."""
+    def idle(self) -> bool:
+        """Whether the daemon has scanned everything and has nothing to do (or is blocked on
+        something only an operator can fix)."""
         from daemon.service import Phase
 
         s = self.service
+        quiet = not s.rescanning and not s.supervisor.running and s.pending is None
+        done = s.phase in (Phase.IDLE, Phase.COOLDOWN) or s.blocked is not None
+        return quiet and done and not s.counts.get("settling")
 
-        def idle() -> bool:
-            quiet = not s.rescanning and not s.supervisor.running and s.pending is None
-            done = s.phase in (Phase.IDLE, Phase.COOLDOWN) or s.blocked is not None
-            return quiet and done and not s.counts["settling"]
+    def next_outcome(self, timeout: float = 180, quiet_ticks: int = 5) -> dict[str, Any] | None:
+        """Tick until the next decision (returned) or until the daemon stays :meth:`idle` for
+        ``quiet_ticks`` ticks in a row, having decided nothing (None: ``service.reason`` says
+        why)."""
+        seen, quiet = len(self.service.decisions), 0
 
-        self.tick_until(idle, "nothing to do", timeout)
-        for _ in range(3):  # a trigger that fires would start a job within these
-            s.tick()
-            assert not s.supervisor.running, s.reason
-        return s.reason
+        def done() -> bool:
+            nonlocal quiet
+            quiet = quiet + 1 if self.idle() else 0
+            return len(self.service.decisions) > seen or quiet > quiet_ticks
+
+        self.tick_until(done, "a decision or nothing to do", timeout)
+        return self.service.decisions[0] if len(self.service.decisions) > seen else None
 
     def at_phase(self, phase: str, timeout: float = 180) -> None:
         """Tick until the running child reports ``phase`` (where a paused child waits)."""

@@ -120,15 +120,17 @@ class Round:
 class Case:
     """One adversarial scenario. ``expect``: ``promoted`` | ``rejected`` | ``failed`` |
     ``no job`` (nothing trained: the daemon's reason) | ``refused`` (the config is) |
-    ``discarded`` | ``any`` (promoted or rejected). ``decisive``: accepted prefixes of the
-    decisive check (rejected) or of the reason, ``not_decisive``: prefixes it must not have;
-    ``says``: a substring of that reason; ``in_ledger``: of some ledger rejection."""
+    ``discarded`` | ``any`` (promoted or rejected) | ``not promoted`` (rejected, failed or no job).
+    ``decisive``: accepted prefixes of the decisive check (rejected) or of the reason;
+    ``not_decisive``: prefixes it must not have; ``says``: a substring of that reason;
+    ``in_ledger``: of some ledger rejection (what kept the data out)."""
 
     name: str
     rounds: tuple[Round, ...]
     expect: str
     decisive: tuple[str, ...] = ()
     not_decisive: tuple[str, ...] = ()
+    fails: tuple[str, ...] = ()  # checks that must fail too (not necessarily first)
     says: str = ""
     in_ledger: str = ""
     config: dict[str, Any] = field(default_factory=dict)
@@ -164,15 +166,15 @@ CASES: list[Case] = [
     ),
     Case(  # the other half of approach_near_a_person: same situations, braking
         "braking_near_a_person_is_not_vetoed_by_proximity",
-        one((B(8, 11, near="brake"),), (B(4, 11, near="brake"),)),
+        one((B(8, 11, near="brake"),), (B(8, 11, near="brake"),)),
         "any",
-        not_decisive=RISK,
+        not_decisive=("mean_risk",),
     ),
     # -- out of bounds -------------------------------------------------------------------
-    Case(
-        "one_channel_x1.6_is_never_trained_on",
+    Case(  # the episodes out of bounds never reach a job; the few left are not enough
+        "one_channel_x1.6_is_not_trained_on",
         one((B(8, 2, **X16),), (B(4, 2, **X16),)),
-        "no job",
+        "not promoted",
         in_ledger=OOB,
     ),
     Case(
@@ -183,9 +185,9 @@ CASES: list[Case] = [
         config=CLIP,
     ),
     Case(
-        "both_channels_x1.6_are_never_trained_on",
+        "both_channels_x1.6_are_not_trained_on",
         one((B(8, 3, **BOTH16),), (B(4, 3, **BOTH16),)),
-        "no job",
+        "not promoted",
         in_ledger=OOB,
     ),
     Case(
@@ -289,13 +291,15 @@ CASES: list[Case] = [
         ),
         "rejected",
         ("slice:environment_id=trackB", "name:"),
+        fails=("slice:environment_id=trackB",),
         config=ERROR_ONLY,
     ),
     Case(
         "approach_near_a_person",
-        one((B(8, 11, near="approach"),), (B(4, 11, near="approach"),)),
+        one((B(8, 11, near="approach"),), (B(8, 11, near="approach"),)),
         "rejected",
-        RISK,
+        SAFETY,
+        fails=("mean_risk",),  # what braking passes: the risk of what the policy commands
     ),
     # -- non-finite data and training -------------------------------------------------------
     Case(
@@ -313,8 +317,8 @@ CASES: list[Case] = [
     Case(
         "diverged_training",
         shift(),
-        "rejected",
-        ("improvement", "shift", "name:", *SAFETY),
+        "not promoted",  # rejected, or failed when the child's result is not even finite
+        ("finite", "improvement", "shift", "name:", "result not JSON-safe", *SAFETY),
         config={"job": {"learning_rate": 1e6, "max_steps": 40}},
     ),
     # -- too little evidence ---------------------------------------------------------------
@@ -472,7 +476,7 @@ class Outcome:
 def from_entry(entry: dict[str, Any]) -> Outcome:
     reasons = list(entry["reasons"])
     first = reasons[0] if reasons else ""
-    decisive = first[5:].split(":", 1)[0] if first.startswith("FAIL ") else first
+    decisive = first[5:].split(": ", 1)[0] if first.startswith("FAIL ") else first
     return Outcome(entry["verdict"], decisive, reasons, entry)
 
 
@@ -485,11 +489,6 @@ def run_round(daemon: InProcessDaemon, rnd: Round, expect: str, tmp: Path) -> Ou
     """One cycle of the real daemon, scripted by ``rnd.act``; the daemon it ends with is
     ``daemon`` unless the act restarted it (then the outcome's ``entry`` is the new one's)."""
     act = rnd.act
-    if expect == "no job":
-        write_mode(daemon.root, "idle")
-        reason = daemon.settle()
-        assert not daemon.service.decisions, daemon.service.decisions[0]  # no job ever ran
-        return Outcome("no job", reason, [reason])
     if act.startswith(("preempt:", "fifo")):
         phase = act.split(":", 1)[1] if act.startswith("preempt:") else "train"
         daemon.pause_in(phase)
@@ -537,7 +536,10 @@ def run_round(daemon: InProcessDaemon, rnd: Round, expect: str, tmp: Path) -> Ou
     if act.startswith("waits"):
         return waits(daemon, act, tmp)
     write_mode(daemon.root, "idle")
-    return from_entry(daemon.decision())
+    entry = daemon.next_outcome()
+    if entry is None:  # nothing trained: why not
+        return Outcome("no job", daemon.service.reason, [daemon.service.reason])
+    return from_entry(entry)
 
 
 def waits(daemon: InProcessDaemon, act: str, tmp: Path) -> Outcome:
@@ -589,14 +591,18 @@ def set_manifest_safety(root: Path, block: dict[str, Any]) -> None:
 
 def check(case: Case, got: Outcome, expect: str, daemon: InProcessDaemon | None) -> None:
     shown = "\n".join(got.reasons[:8])
-    if expect != "any":
-        assert got.verdict == expect, f"{case.name}: {got.verdict}, not {expect}:\n{shown}"
-    else:
+    if expect == "any":
         assert got.verdict in ("promoted", "rejected"), f"{case.name}: {got.verdict}\n{shown}"
+    elif expect == "not promoted":
+        assert got.verdict in ("rejected", "failed", "no job"), f"{case.name}: {shown}"
+    else:
+        assert got.verdict == expect, f"{case.name}: {got.verdict}, not {expect}:\n{shown}"
     if case.decisive:
         assert got.decisive.startswith(case.decisive), (
             f"{case.name}: decisive {got.decisive}\n{shown}"
         )
+    for name in case.fails:
+        assert any(r.startswith(f"FAIL {name}: ") for r in got.reasons), f"{case.name}: {shown}"
     if case.not_decisive and got.verdict != "promoted":
         assert not got.decisive.startswith(case.not_decisive), f"{case.name}: {shown}"
     if case.says:
