@@ -179,7 +179,7 @@ def promote_copy(root: Path, tmp: Path, release_dir: Path, name: str) -> str:
     from daemon.store import AdapterStore
 
     cand = tmp / name
-    cand.mkdir()
+    cand.mkdir(parents=True)
     for f in release_dir.iterdir():
         if f.name != "release.json":
             shutil.copyfile(f, cand / f.name)
@@ -401,4 +401,9 @@ class InProcessDaemon:
         proc.wait(timeout)
 
     def stop(self) -> None:
+        """Shut the service down as SIGTERM would, and let go of the state folder's instance
+        lock as the process's exit would (a restart in the same process takes it again)."""
         self.service.shutdown()
+        if self.service._lock_file is not None:
+            self.service._lock_file.close()
+            self.service._lock_file = None
