@@ -240,7 +240,11 @@ def _import_locked(
         baseline=baseline.release_id or "base",
     )
     supervisor = JobSupervisor(cfg.state_dir, environ if environ is not None else os.environ)
-    supervisor.start(spec)
+    try:
+        supervisor.start(spec)
+    except OSError as exc:  # a full or read-only disk: say so, change nothing
+        ledger.record_job_end(run_id, "crashed", "failed", None, time.time())
+        return ImportVerdict("failed", [f"cannot start the job: {exc}"], run_id=run_id, card=card)
     outcome = None
     while outcome is None:
         if stop is not None and stop():

@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     world = World.from_env()
     out = args.out.absolute()
-    if world.rank == 0 and out.exists():
+    if out.exists():  # every rank looks: one leaving alone would hang the others
         print(f"{out} exists: choose a new folder", file=sys.stderr)
         return 2
     preempt = Preemption()
