@@ -31,6 +31,7 @@ import yaml
 
 from daemon.config import ConfigError
 from daemon.ledger import split_for
+from safety.config import PromotionConfig
 from tests.daemon_harness import (
     InProcessDaemon,
     deep_merge,
@@ -53,21 +54,18 @@ CLIP = {"features": {"out_of_bounds": "clip"}}
 # The rate checks switched off, for the cases about what the error checks see on their own.
 ERROR_ONLY = {
     "promotion": {
-        "clamp_rate_margin": 1,
-        "warn_rate_margin": 1,
-        "block_rate_margin": 1,
-        "max_clamp_rate": 1,
-        "max_warn_rate": 1,
-        "max_block_rate": 1,
-        "mean_risk_margin": 1,
+        k: 1
+        for k in PromotionConfig.model_fields
+        if k.startswith(("max_clamp_", "max_warn_", "max_block_"))
+        or k in ("clamp_rate_margin", "warn_rate_margin", "block_rate_margin", "mean_risk_margin")
     }
 }
 # The cases about the daemon's mechanics (preemption, the gate, restarts) and the positive
 # controls judge a steering shift, which moves the untouched throttle's error a little on four
 # held-out episodes: the per-name margin is widened for them (the rule's own cases keep it).
 LENIENT = {"promotion": {"max_name_regression": 0.5}}
-RATES = ("clamp_rate", "clamp_cap", "warn_rate", "warn_cap", "block_rate", "block_cap")
-RISK = ("mean_risk", "block_rate", "block_cap", "warn_rate", "warn_cap")
+RATES = ("clamp", "warn", "block")  # check families: clamp_rate, clamp_cap, clamp_share, ...
+RISK = ("mean_risk", "block", "warn")
 SAFETY = (*RATES, "mean_risk", "name:")  # any safety check, or the clamped channel's error
 OOB = "outside its bounds"  # what the ledger says of an out-of-bounds episode (skip policy)
 
