@@ -22,7 +22,7 @@ from daemon.config import load_config
 from daemon.instance import take_instance_lock
 from daemon.ledger import EpisodeRow, Ledger
 from daemon.store import AdapterStore
-from tests.daemon_harness import CLI, REPO, cli, make_root, synth
+from tests.daemon_harness import CLI, REPO, make_root, synth
 from tests.test_bundle import tree_digest
 from trainer_core.bundle import seal_adapter
 
@@ -51,14 +51,11 @@ def scaled(src: Path, dest: Path, factor: float, noise: float = 0.0) -> Path:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """A base, a donor root whose `once --force` made a candidate, and a robot root (same base,
-    same episodes) whose current release is a weakened copy of it."""
+def world(tmp_path_factory, base_checkpoint):
+    """The session's base, a donor root whose `once --force` made a candidate, and a robot root
+    (same base, same episodes) whose current release is a weakened copy of it."""
     work = tmp_path_factory.mktemp("adapters")
-    synth(work, work / "factory", "--episodes", "8", "--steps", "60", "--seed", "1")
-    base = work / "base" / "policy.safetensors"
-    cli(work, "base", "pretrain", "--episodes", str(work / "factory"), "--steps", "300",
-        "--out", str(base))  # fmt: skip
+    base = base_checkpoint
     donor, donor_cfg = make_root(work / "donor", EXTRA, base=base)
     synth(donor, work / "episodes", "--episodes", "16", "--steps", "80", "--seed", "8",
           "--steering-bias", "0.3")  # fmt: skip
