@@ -28,7 +28,7 @@ from daemon.store import AdapterStore, StoreError
 from safety.config import merge_manifest_safety
 from trainer_core.basefile import base_weights_file
 from trainer_core.bundle import BUNDLE_FILE, BUNDLE_FORMAT, checksums, tree_files
-from trainer_core.fsio import TEMP_PREFIX, atomic_write_json, fsync_dir, fsync_tree, sha256_file
+from trainer_core.fsio import atomic_write_json, sha256_file, staged_dir
 from trainer_core.rlds.hashing import content_hash
 
 if TYPE_CHECKING:
@@ -153,11 +153,7 @@ def export_bundle(cfg: TrainerConfig, out: Path, release: str | None = None) -> 
         chosen = None  # an adopted legacy adapter cannot be a baseline (as on the robot)
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     report = ExportReport(out, release_id=chosen.id if chosen else None)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f"{TEMP_PREFIX}{out.name}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
+    with staged_dir(out) as staging:
         with Ledger.open(cfg.ledger_path) as ledger:
             scanned = _scan_if_idle(cfg, ledger)
             evals = ledger.valid_episodes("eval")
@@ -212,12 +208,6 @@ def export_bundle(cfg: TrainerConfig, out: Path, release: str | None = None) -> 
             "files": checksums(staging, files),
         }
         atomic_write_json(staging / BUNDLE_FILE, meta)
-        fsync_tree(staging)
-        os.rename(staging, out)
-        fsync_dir(out.parent)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return report
 
 

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer_core.bundle import BundleError, read_bundle, seal_adapter
-from trainer_core.fsio import TEMP_PREFIX, fsync_dir, fsync_tree
+from trainer_core.fsio import staged_dir
 from trainer_core.job import (
     CANDIDATE_DIR,
     InvalidJob,
@@ -216,17 +216,13 @@ class DistributedRecipe(Recipe):
 def publish_adapter(candidate: Path, out: Path, extra: dict[str, Any]) -> None:
     """Copy the job's candidate to ``out`` with ``extra`` in its card, sealed, renamed into
     place (a folder at ``out`` is always a whole adapter)."""
-    staging = out.parent / f"{TEMP_PREFIX}{out.name}"
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(candidate, staging)
-    card_path = staging / "card.json"
-    card = json.loads(card_path.read_text(encoding="utf-8"))
-    card.update(extra)
-    card_path.write_text(json.dumps(card, indent=2), encoding="utf-8")
-    seal_adapter(staging)
-    fsync_tree(staging)
-    os.rename(staging, out)
-    fsync_dir(out.parent)
+    with staged_dir(out) as staging:
+        shutil.copytree(candidate, staging, dirs_exist_ok=True)
+        card_path = staging / "card.json"
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+        card.update(extra)
+        card_path.write_text(json.dumps(card, indent=2), encoding="utf-8")
+        seal_adapter(staging)
 
 
 def train_bundle(
