@@ -36,6 +36,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--robots", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--local-steps", type=int, default=200)
+    parser.add_argument("--hidden", default="64,64", help="the MLP's hidden sizes")
     parser.add_argument("--full", action="store_true", help="(bench protocol; same run)")
     args = parser.parse_args(argv)
     try:
@@ -49,9 +50,10 @@ def main(argv: list[str]) -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
         work = Path(tmp)
-        base = factory_base(work / "factory")
+        policy = {"policy": {"hidden": [int(h) for h in args.hidden.split(",")]}}
+        base = factory_base(work / "factory", policy)
         port = free_port()
-        extra = {"fleet": {"local_steps": args.local_steps, "max_run_s": 3000}}
+        extra = {"fleet": {"local_steps": args.local_steps, "max_run_s": 3000}, **policy}
         robots = [
             make_robot(work, f"robot-{i}", base, port, extra, "--seed", str(20 + i),
                        "--steering-bias", f"{0.2 + 0.05 * i:g}")
@@ -70,7 +72,7 @@ def main(argv: list[str]) -> int:
         codes = [p.returncode for p in procs]
         log = fleet_status(server, "fleet-server.json").get("log", [])
         robot0 = fleet_status(robots[0])
-        verdicts = [fleet_status(r).get("verdict") for r in robots]
+        verdicts = [fleet_status(r).get("last_result") for r in robots]
     if codes[0] != 0 or not log:
         print(f"fleet failed: exit codes {codes}")
         print(json.dumps({"figures": [figure("(failed)", f"exit codes {codes}", "")]}))
@@ -92,7 +94,9 @@ def main(argv: list[str]) -> int:
                 for k, v in sorted(r.get("heldout_mse", {}).items())
             )
         )
-    print(f"verdicts: {verdicts}; whole run {total_s:.1f} s; exit codes {codes}")
+    for robot, verdict in enumerate(verdicts):
+        print(f"robot-{robot}: {verdict}")
+    print(f"MLP hidden {args.hidden}; whole run {total_s:.1f} s; exit codes {codes}")
     figures = [
         figure("LoRA update per robot per round (float32)", raw, "bytes"),
         figure("LoRA update per robot per round (on the wire)", wire, "bytes"),

@@ -322,7 +322,12 @@ def _join(cfg: TrainerConfig, fleet: FleetConfig, root_certificates: bytes | Non
     poller = GatePoller(build_gate(cfg.gate, os.getpid()), cfg.service.job_poll_interval_s)
     poller.start()
     session = JoinSession(cfg, fleet, plan.spec, poller, status, robot_id, utc_stamp())
-    timer = _deadline(fleet.max_run_s, "fleet join", session.abort)
+
+    def expire() -> None:
+        session.abort()
+        status.note(phase="failed", last_result=f"ran past fleet.max_run_s ({fleet.max_run_s:g} s)")
+
+    timer = _deadline(fleet.max_run_s, "fleet join", expire)
     try:
         return session.run(root_certificates)
     finally:
@@ -412,7 +417,12 @@ class JoinSession:
 
         from trainer_core.fleet_client import FleetClient, RobotModel
 
-        model = RobotModel(self.spec)
+        try:
+            model = RobotModel(self.spec)
+        except ValueError as exc:  # BaseError, LoraError: the base or LoRA config cannot load
+            self.status.note(phase="failed", last_result=f"cannot join: {exc}")
+            print(f"cannot join: {exc}", file=sys.stderr)
+            return 1
         client = FleetClient(self.robot_id, model, self.poller.closed, self.train, self.status.note)
         self.status.note(
             phase="connecting",

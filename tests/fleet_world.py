@@ -28,15 +28,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def factory_base(work: Path) -> Path:
+def factory_base(work: Path, extra: dict[str, Any] | None = None) -> Path:
     """One base every robot of the fleet shares, pretrained on a factory's driving (slower, no
     steering bias): each robot's own data then differ from it, and from each other's."""
-    root, _ = make_root(work, FLEET_EXTRA)
+    from tests.daemon_harness import deep_merge
+
+    root, _ = make_root(work, deep_merge(FLEET_EXTRA, extra or {}))
     factory = ("--episodes", "12", "--steps", "80", "--seed", "1", "--speed", "0.7")
     synth(root, work / "factory", *factory)
     out = work / "base" / "policy.safetensors"
-    cli(root, "base", "pretrain", "--episodes", str(work / "factory"), "--steps", "600",
-        "--out", str(out))  # fmt: skip
+    cli(root, "--config", str(root / "trainer.yaml"), "base", "pretrain", "--episodes",
+        str(work / "factory"), "--steps", "600", "--out", str(out))  # fmt: skip
     return out
 
 

@@ -226,3 +226,38 @@ def test_loopback_fleet_of_three_robots(tmp_path):
     [r1] = (c / "state" / "runs").glob("fleet-*-r1")
     assert json.loads((r1 / "result.json").read_text())["status"] == "preempted"
     assert not list((c / "state" / "runs").glob("fleet-*-r2"))  # declined before any child
+
+
+@needs_flwr
+def test_a_round_that_cannot_run_is_declined_not_raised():
+    """Whatever goes wrong in a round (closed gate, weights of another layout, a failing child
+    start) comes back as a non-OK answer naming the robot: an exception would end the client."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    from flwr.common import Code, FitIns, ndarrays_to_parameters
+
+    from trainer_core.fleet_client import FleetClient, Layout, RoundOutcome
+
+    fresh = {"w": np.zeros(3, np.float32)}
+    model = SimpleNamespace(layout=Layout.of(fresh), fresh=fresh)
+    gate: list[str | None] = [None]
+    notes: list[dict] = []
+
+    def train(rnd, weights):
+        if rnd == 3:
+            raise OSError(28, "No space left on device")
+        return RoundOutcome({"w": weights["w"] + 1}, samples=5, metrics={"steps": 1})
+
+    client = FleetClient("robot-x", model, lambda: gate[0], train, lambda **f: notes.append(f))
+    ok = client.fit(FitIns(ndarrays_to_parameters([np.zeros(3, np.float32)]), {"server_round": 1}))
+    assert ok.status.code == Code.OK and ok.num_examples == 5
+    assert ok.metrics["robot"] == "robot-x" and ok.metrics["update_bytes"] == 12
+    wrong = client.fit(FitIns(ndarrays_to_parameters([np.zeros(4, np.float32)]), {}))
+    assert wrong.status.code != Code.OK and "robot-x: weights do not fit" in wrong.status.message
+    broken = client.fit(FitIns(ok.parameters, {"server_round": 3}))
+    assert "robot-x: local round could not run: OSError" in broken.status.message
+    gate[0] = "teleop (manual_control)"
+    closed = client.fit(FitIns(ok.parameters, {"server_round": 4}))
+    assert closed.status.message == "robot-x: teleop (manual_control)"
+    assert notes[-1]["phase"] == "declined"

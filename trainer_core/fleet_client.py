@@ -229,7 +229,10 @@ class FleetClient(Client):
             self.note(round=rnd, phase="declined", last_result=f"round {rnd} declined: {reason}")
             return _declined_fit(self.robot_id, reason)
         self.note(round=rnd, phase="training", last_result=f"round {rnd} training")
-        outcome = self.train(rnd, weights)
+        try:
+            outcome = self.train(rnd, weights)
+        except Exception as exc:  # a full disk, a bug: this round fails, the session goes on
+            outcome = RoundOutcome(None, f"local round could not run: {type(exc).__name__}: {exc}")
         if outcome.update is None:
             why = f"round {rnd} dropped: {outcome.reason}"
             self.note(round=rnd, phase="declined", last_result=why)
@@ -263,6 +266,8 @@ class FleetClient(Client):
                 reason = f"weights do not fit: {exc}"
             except EvalInterrupted:
                 reason = f"gate closed during evaluation: {self.closed()}"
+            except Exception as exc:  # an exception would end the grpc-bidi client: answer it
+                reason = f"evaluation failed: {type(exc).__name__}: {exc}"
         if reason is not None:
             self.note(round=rnd, phase="declined", last_result=f"round {rnd} not scored: {reason}")
             return _declined_eval(self.robot_id, reason)
