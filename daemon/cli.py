@@ -81,6 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--demo-root", type=Path, default=Path("demo-root"), help="folder the demo works in"
     )
+    p.add_argument("--numeric", action="store_true", help="the numeric robot (MLP) instead")
+    p.add_argument("--frame-size", default="60x80", help="camera: HEIGHTxWIDTH of the frames")
+    p.add_argument("--first-episodes", type=positive_int, default=12, help="camera: first drive")
+    p.add_argument(
+        "--shifted-episodes", type=positive_int, default=16, help="camera: drive after the shift"
+    )
+    p.add_argument(
+        "--pretrain-steps", type=positive_int, default=400, help="camera: base pretraining steps"
+    )
 
     cfg = add("config", "", "configuration commands")
     cfg_sub = cfg.add_subparsers(dest="config_verb", required=True, metavar="ACTION")
