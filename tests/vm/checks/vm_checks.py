@@ -164,8 +164,18 @@ def unit_pids() -> list[int]:
     return [int(p) for p in procs.read_text().split()]
 
 
+def set_mode(mode: str) -> None:
+    """continuonos' mode file (the gate needs idle); rewritten in place, owner kept."""
+    (ROBOT / ".robot_mode").write_text(json.dumps({"mode": mode, "timestamp": time.time()}))
+
+
 def drop_episodes(batch: str) -> int:
-    """The robot runtime's user writes episodes beside the folder and renames them in."""
+    """The robot runtime's user writes episodes beside the folder and renames them in.
+
+    While driving, as a robot records: the gate stays closed until the whole batch is in.
+    Dropping one by one takes minutes under emulation, and an idle robot would start a job on
+    the first few episodes (seen: 1 held out, refused for too little evidence)."""
+    set_mode("driving")
     n = 0
     for ep in sorted((SHARE / "batches" / batch).iterdir()):
         staged = STAGING / ep.name
@@ -175,6 +185,7 @@ def drop_episodes(batch: str) -> int:
         if rc:
             raise RuntimeError(f"dropping {ep.name} as {ROBOT_USER} failed: {out}")
         n += 1
+    set_mode("idle")
     return n
 
 
