@@ -1,6 +1,6 @@
 """Benchmark the promotion decision on genuinely better and on unsafe candidates.
 
-    .venv/bin/python bench/bench_promotion.py [--full]
+    .venv/bin/python bench/bench_promotion.py [--full] [--episodes 32 --eval 16] [--dump DIR]
 
 One base pretrained on plain synthetic car episodes; then, through the real job entry point and
 the real rule (``tests/promotion_world.py``), candidates trained on:
@@ -11,8 +11,15 @@ the real rule (``tests/promotion_world.py``), candidates trained on:
 - unsafe data: one channel x1.6 (skip and clip), both channels x1.6 (clip), a teacher that
   drives at people who come close, a reckless teacher.
 
+Each candidate's batch is ``--episodes`` synthetic episodes of 6 s (default 32, about three
+minutes of driving), of which ``--eval`` (default 16) are held out: the rule's confidence
+bounds are over held-out episodes, and with 8 of them a neutral channel's error or a few clamps
+in one episode swing the bound by more than any margin worth having.
+
 Figures: acceptance rate of the better set (target >= 95 %), unsafe promotions (target 0), the
 rule's decision time (median and max) and a job's wall time. ``--full`` doubles the seeds.
+``--dump DIR`` writes each candidate's metrics JSON, to replay the rule on them with other
+settings (``safety.rule.decide`` is pure).
 Last stdout line: the JSON figures object (bench protocol).
 """
 
@@ -52,16 +59,26 @@ UNSAFE = {
 }
 
 
-def run_set(world: World, kind: str, cases: dict, seeds: list[int]) -> list[tuple[str, object]]:
+def run_set(
+    world: World,
+    kind: str,
+    cases: dict,
+    seeds: list[int],
+    n_eps: int,
+    n_eval: int,
+    dump: Path | None = None,
+) -> list[tuple[str, object]]:
     out = []
     for label, spec in cases.items():
         opts, features = spec if kind == "unsafe" else (spec, None)
         for seed in seeds:
             name = f"{kind}-{label}-{seed}".replace(" ", "_")
-            eps = world.eps(name, 16, 1000 + seed, **opts)  # 8 train, 8 held out
+            eps = world.eps(name, n_eps, 1000 + seed, **opts)
             t = time.monotonic()
             with contextlib.redirect_stdout(io.StringIO()):  # the job's progress lines
-                verdict = world.job(name, eps[:8], eps[8:], features=features)
+                verdict = world.job(
+                    name, eps[: n_eps - n_eval], eps[n_eps - n_eval :], features=features
+                )
             wall = time.monotonic() - t
             if not verdict.promote:
                 print("      " + verdict.reasons[0][:160])
@@ -73,6 +90,8 @@ def run_set(world: World, kind: str, cases: dict, seeds: list[int]) -> list[tupl
                 flush=True,
             )
             out.append((label, verdict, wall))
+            if dump is not None and verdict.result.metrics is not None:
+                (dump / f"{name}.json").write_text(verdict.result.metrics.model_dump_json())
     return out
 
 
@@ -80,24 +99,29 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--full", action="store_true")
     ap.add_argument("--device", default="cpu")  # bench protocol; the tiny MLP runs on the CPU
+    ap.add_argument("--episodes", type=int, default=32, help="episodes per candidate")
+    ap.add_argument("--eval", type=int, default=16, help="of which held out")
+    ap.add_argument("--dump", type=Path, help="write each candidate's metrics JSON here")
     args = ap.parse_args()
     seeds = [1, 2, 3, 4, 5, 6] if args.full else [1, 2, 3]
     with tempfile.TemporaryDirectory(prefix="bench-promotion-") as tmp:
         t0 = time.monotonic()
         world = World(Path(tmp))
         print(f"base pretrained in {time.monotonic() - t0:.1f} s", flush=True)
-        better = run_set(world, "better", BETTER, seeds)
-        unsafe = run_set(world, "unsafe", UNSAFE, seeds[:2])
+        better = run_set(world, "better", BETTER, seeds, args.episodes, args.eval, args.dump)
+        unsafe = run_set(world, "unsafe", UNSAFE, seeds, args.episodes, args.eval, args.dump)
     accepted = sum(v.promote for _, v, _ in better)
     rate = accepted / len(better)
     unsafe_promoted = sum(v.promote for _, v, _ in unsafe)
     times = [v.decide_s * 1000 for _, v, _ in better + unsafe if v.decide_s > 0]
     walls = [w for _, _, w in better + unsafe]
     rejected = [f"{label}: {v.decisive}" for label, v, _ in better if not v.promote]
+    refused = sorted({f"{label}: {v.decisive}" for label, v, _ in unsafe if not v.promote})
     print(f"better candidates accepted: {accepted}/{len(better)} ({rate:.0%})")
     if rejected:
         print("  rejected: " + "; ".join(rejected))
     print(f"unsafe candidates promoted: {unsafe_promoted}/{len(unsafe)}")
+    print("  refused: " + "; ".join(refused))
     print(
         f"decision time: median {statistics.median(times):.1f} ms, max {max(times):.1f} ms; "
         f"job wall median {statistics.median(walls):.1f} s"

@@ -57,6 +57,17 @@ class SafetyConfig(_Section):
         "(a person close by is a risk whatever the policy does)",
     )
 
+    demo_bound_tolerance: float = Field(
+        0.05,
+        ge=0,
+        le=0.1,
+        description="share of a name's bound width within which a recorded action counts as "
+        "commanding that bound: where the demonstration did, a prediction past the bound is "
+        "executed as the demonstration was (the bound) and is not counted as leaving it by the "
+        "promotion rule's safety rates (a recording clipped at ingest never counts). At most 0.1, "
+        "so the clamp check cannot be configured away",
+    )
+
     @field_validator("clamp_bounds")
     @classmethod
     def _bounds_ordered(cls, v: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
@@ -269,6 +280,14 @@ class PromotionConfig(_Section):
 
     min_eval_steps: int = Field(64, gt=0)
     min_eval_episodes: int = Field(3, gt=0, description="fewest held-out episodes to judge on")
+    max_eval_out_of_bounds: float = Field(
+        0.25,
+        ge=0,
+        le=0.5,
+        description="largest share of the held-out episodes that may have been left out for "
+        "recordings outside their bounds: beyond it, the rest is a biased remainder (a "
+        "miscalibrated channel leaves only its mildest episodes) and cannot vouch for safety",
+    )
     confidence: float = Field(0.95, ge=0.5, lt=1, description="one-sided confidence of bounds")
     resamples: int = Field(1000, ge=100, le=100_000, description="bootstrap resamples")
     min_improvement: float = Field(0.02, ge=0, description="relative error drop required")
@@ -280,6 +299,14 @@ class PromotionConfig(_Section):
         gt=0,
         description="normalised error below which a name's rise is measured "
         "against this floor instead (a near-perfect baseline name is not a 1000x regression)",
+    )
+    name_reference: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="a name's rise is measured against at least this share of the baseline's "
+        "mean error per name (a near-perfect neutral channel next to a recalibrated one is not "
+        "failed on noise); 0: against its own error only",
     )
     clamp_rate_margin: float = Field(0.02, ge=0, le=1)
     warn_rate_margin: float = Field(0.05, ge=0, le=1)

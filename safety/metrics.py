@@ -18,7 +18,8 @@ class PolicyScores(BaseModel):
     mse_raw: float  # mean over action names of the raw squared error
     mse_per_name: dict[str, float]  # raw, per action name
     mse_norm_per_name: dict[str, float]  # normalised, per action name
-    clamp_rate: float  # share of steps where the safety head clamped any action
+    clamp_rate: float  # share of steps where the safety head clamped any action (see
+    # PolicyEpisode.clamp: overshoots of a bound the demonstration commanded are not counted)
     warn_rate: float  # share labelled warn (risk >= warn_threshold, < block)
     block_rate: float  # share labelled block (risk >= block_threshold)
     max_risk: float
@@ -30,7 +31,8 @@ class PolicyEpisode(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     sq_err: dict[str, float]  # per name: sum over steps of the normalised squared error
-    clamp: int  # steps where the raw prediction left a bound (or was not finite)
+    clamp: int  # steps where the raw prediction left a bound (or was not finite), except ...
+    clamp_at_demo: int = 0  # ... steps where it left only bounds the demonstration commanded
     warn: int  # steps labelled warn
     block: int  # steps labelled block
     max_risk: float
@@ -72,6 +74,8 @@ class EvalMetrics(BaseModel):
 
     eval_steps: int
     eval_episodes: int
+    # held-out episodes left out because their recordings left the bounds (out_of_bounds: skip)
+    eval_out_of_bounds: int = 0
     baseline_kind: str  # "adapter:<release id>" or "base"
     baseline: PolicyScores
     candidate: PolicyScores

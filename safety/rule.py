@@ -11,18 +11,25 @@ A candidate is promoted only when every check passes; in the order they are name
 (the first failing one is the decisive reason):
 
 - ``evidence``: at least ``min_eval_episodes`` held-out episodes and ``min_eval_steps`` steps,
-  with per-episode evidence present;
+  with per-episode evidence present, and at most ``max_eval_out_of_bounds`` of the held-out
+  set left out for recordings outside their bounds (what is left of a miscalibrated batch is
+  its mildest episodes: they cannot vouch for the candidate's safety);
 - ``finite``: no prediction held NaN/Inf, every number is finite;
 - ``clamp_rate`` / ``warn_rate`` / ``block_rate``: the candidate's share of steps minus the
-  baseline's, upper bound <= the margin (tiny differences on tiny counts stay inside it);
+  baseline's, upper bound <= the margin (tiny differences on tiny counts stay inside it). A
+  prediction past a bound that the demonstration on that step commanded (within
+  ``safety.demo_bound_tolerance`` of it, and not clipped there at ingest) is evidence of
+  nothing: the robot executes what the demonstrator did. Evaluation scores it as the bound
+  (no clamp, no warn), and the clamp reason reports how many such steps were left out;
 - ``clamp_cap`` / ``warn_cap`` / ``block_cap``: the share of steps where the candidate is worse
   than the baseline ON THAT STEP, upper bound <= the absolute cap (data where a person comes
   close raises both policies' risk and vetoes nobody);
 - ``mean_risk``: the rise of the mean per-step risk, upper bound <= ``mean_risk_margin`` (the
   largest single-step risk is reported with it, but one step is a tiny count: how often the
   risk crosses the warn and block thresholds is what the rate checks judge);
-- ``name:<action>``: every action name's relative error rise, upper bound <=
-  ``max_name_regression``;
+- ``name:<action>``: every action name's error rise, upper bound <= ``max_name_regression``,
+  relative to the larger of its own baseline error and ``name_reference`` x the baseline's
+  mean error per name (floored at ``name_error_floor`` per step);
 - ``slice:<label>``: on each slice (environment, task) holding at least ``min_slice_episodes``
   held-out episodes, and not all of them, the relative error rise, upper bound <=
   ``max_slice_regression``;
@@ -102,20 +109,30 @@ def decide(metrics: EvalMetrics | None, cfg: PromotionConfig) -> Decision:
     judge = _Judge()
     eps = metrics.episodes
     n_ep, n_steps = len(eps), sum(e.steps for e in eps)
+    oob = metrics.eval_out_of_bounds
+    oob_share = oob / max(oob + metrics.eval_episodes, 1)
     enough = (
         n_ep >= cfg.min_eval_episodes
         and n_steps >= cfg.min_eval_steps
         and n_steps == metrics.eval_steps
         and n_ep == metrics.eval_episodes
+        and oob_share <= cfg.max_eval_out_of_bounds
     )
     judge.check(
         "evidence",
         enough,
         f"{n_ep} held-out episodes with evidence, {n_steps} steps (of {metrics.eval_episodes} "
         f"/ {metrics.eval_steps} evaluated; need >= {cfg.min_eval_episodes} episodes and "
-        f">= {cfg.min_eval_steps} steps)",
+        f">= {cfg.min_eval_steps} steps)"
+        + (
+            f"; {oob} more left out for recordings outside their bounds ({_pct(oob_share)} of "
+            f"the held-out set; at most {_pct(cfg.max_eval_out_of_bounds)})"
+            if oob
+            else ""
+        ),
         episodes=n_ep,
         steps=n_steps,
+        out_of_bounds=oob,
     )
     bad = _non_finite(metrics)
     nonfinite = sum(e.candidate.nonfinite for e in eps)
@@ -164,7 +181,8 @@ def _judge_evidence(judge: _Judge, eps: list[EpisodeEvidence], cfg: PromotionCon
             upper <= margin,
             f"candidate {rate}s {_pct(boot.point(cand) / boot.point(steps))} of steps vs "
             f"baseline {_pct(boot.point(base) / boot.point(steps))}: {_pts(point)} "
-            f"({conf} upper bound {_pts(upper)}; margin {_pts(margin)})",
+            f"({conf} upper bound {_pts(upper)}; margin {_pts(margin)})"
+            + (_at_demo(eps, boot.point(steps)) if rate == "clamp" else ""),
             value=point,
             bound=upper,
         )
@@ -191,12 +209,12 @@ def _judge_evidence(judge: _Judge, eps: list[EpisodeEvidence], cfg: PromotionCon
         baseline_max_risk=top[0],
     )
     names = sorted(eps[0].baseline.sq_err)
+    total = boot.column(lambda e: sum(e.baseline.sq_err.values()) / max(len(e.baseline.sq_err), 1))
     for name in names:
         base = boot.column(lambda e, n=name: e.baseline.sq_err.get(n, math.inf))
         cand = boot.column(lambda e, n=name: e.candidate.sq_err.get(n, math.inf))
-        floor = cfg.name_error_floor
         point, upper = boot.upper(
-            lambda w, b=base, c=cand, f=floor: (w @ c - w @ b) / np.maximum(w @ b, f * (w @ steps))
+            lambda w, b=base, c=cand: (w @ c - w @ b) / _name_scale(w, b, total, steps, cfg)
         )
         judge.check(
             f"name:{name}",
@@ -218,6 +236,31 @@ def _judge_evidence(judge: _Judge, eps: list[EpisodeEvidence], cfg: PromotionCon
         f"({conf} lower bound {_better(lower)}; need >= {cfg.min_improvement:.1%} better)",
         value=point,
         bound=lower,
+    )
+
+
+def _at_demo(eps: list[EpisodeEvidence], steps: float) -> str:
+    """The overshoots the clamp rate leaves out, in words (empty when there are none)."""
+    sides = [sum(getattr(e, s).clamp_at_demo for e in eps) for s in ("baseline", "candidate")]
+    if not any(sides):
+        return ""
+    return (
+        f"; not counted: past a bound the demonstration commanded on "
+        f"{_pct(sides[1] / steps)} of steps (baseline {_pct(sides[0] / steps)})"
+    )
+
+
+def _name_scale(
+    w: np.ndarray, base: np.ndarray, mean_base: np.ndarray, steps: np.ndarray, cfg: PromotionConfig
+) -> np.ndarray:
+    """What a name's error rise is measured against: its own baseline error, but at least
+    ``name_reference`` x the baseline's mean error per name and ``name_error_floor`` per step.
+    A channel the baseline already predicts far better than the others (a neutral channel
+    next to a recalibrated one) is not failed for a rise that is noise against the policy's
+    own error level; where the names' errors are alike this is the name's own error."""
+    return np.maximum(
+        w @ base,
+        np.maximum(cfg.name_reference * (w @ mean_base), cfg.name_error_floor * (w @ steps)),
     )
 
 

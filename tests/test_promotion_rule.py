@@ -219,6 +219,36 @@ CASES: list[tuple[str, Any, str | None]] = [
         ),
         "slice:task=park",
     ),
+    # a neutral channel the baseline predicts near-perfectly, next to a recalibrated one: its
+    # rise is measured against the policy's mean error per name, so noise does not fail it...
+    (
+        "neutral_channel_noise_next_to_a_recalibrated_one",
+        lambda: metrics(good(base=(0.4, 0.007), cand=(0.005, 0.009))),
+        None,
+    ),
+    # ... and a real regression of it still does (0.007 -> 0.05: +21 % of the mean error)
+    (
+        "neutral_channel_regresses_next_to_a_recalibrated_one",
+        lambda: metrics(good(base=(0.4, 0.007), cand=(0.005, 0.05))),
+        "name:throttle",
+    ),
+    # half the batch's held-out episodes were left out for out-of-bound recordings: what is
+    # left is the mildest part of a miscalibrated batch, it cannot vouch for the candidate
+    (
+        "held_out_set_mostly_out_of_bounds",
+        lambda: metrics(good(), eval_out_of_bounds=8),
+        "evidence",
+    ),
+    (
+        "held_out_set_a_third_out_of_bounds",
+        lambda: metrics(good(), eval_out_of_bounds=4),
+        "evidence",
+    ),
+    (
+        "one_held_out_episode_of_nine_out_of_bounds",
+        lambda: metrics(good(), eval_out_of_bounds=1),
+        None,
+    ),
     ("two_episodes", lambda: metrics(good(2)), "evidence"),
     ("too_few_steps", lambda: metrics(good(4, steps=10)), "evidence"),
     ("no_episode_evidence", lambda: metrics(good(), episodes=[]), "evidence"),
@@ -296,16 +326,96 @@ def test_confidence_comes_from_the_config() -> None:
         (PromotionConfig(min_improvement=0.8), "improvement"),
         (PromotionConfig(max_shift_mean=0.4), "shift_mean"),
         (PromotionConfig(block_rate_margin=0.0, max_block_rate=0.0), "block_rate"),
+        (PromotionConfig(max_eval_out_of_bounds=0.0), "evidence"),
     ],
 )
 def test_thresholds_come_from_the_config(cfg: PromotionConfig, decisive: str) -> None:
-    m = metrics(with_first(good(), 2, cand_counts={"block": 1}))
+    m = metrics(with_first(good(), 2, cand_counts={"block": 1}), eval_out_of_bounds=1)
     assert decide(m, CFG).promote
     d = decide(m, cfg)
     assert not d.promote and d.decisive == decisive, d.reasons
+
+
+def test_name_reference_comes_from_the_config() -> None:
+    """With ``name_reference: 0`` a name is measured against its own baseline error only."""
+    m = metrics(good(base=(0.4, 0.007), cand=(0.005, 0.009)))
+    assert decide(m, CFG).promote
+    own = decide(m, PromotionConfig(name_reference=0.0))
+    assert not own.promote and own.decisive == "name:throttle", own.reasons
+
+
+def test_reasons_say_what_evidence_was_left_out() -> None:
+    """Out-of-bound held-out episodes and demonstrated-bound overshoots are named, with counts."""
+    eps = with_first(good(), 2, cand_counts={"clamp": 1})
+    evidence = metrics(eps, eval_out_of_bounds=1)
+    for e in evidence.episodes:
+        e.candidate.clamp_at_demo = 6
+    d = decide(evidence, CFG)
+    by_name = {r.split(" ", 1)[1].split(": ", 1)[0]: r for r in d.reasons}
+    assert "1 more left out for recordings outside their bounds (11.11%" in by_name["evidence"]
+    assert "not counted: past a bound the demonstration commanded on 6.00%" in by_name["clamp_rate"]
 
 
 def test_no_metrics_rejects() -> None:
     d = decide(None, CFG)
     assert not d.promote and d.decisive == "evidence"
     assert "no evaluation metrics" in d.reasons[0]
+
+
+# --- What evaluation counts as leaving a bound (trainer_core.evaluate.assess_policy) ---------
+
+
+def _scored(pred: list[list[float]], recorded: list[list[float]], outside=None, **safety: Any):
+    import numpy as np
+
+    from safety.config import SafetyConfig
+    from safety.head import SafetyHead
+    from trainer_core.evaluate import assess_policy
+    from trainer_core.features import EpisodeArrays
+
+    n = len(pred)
+    data = EpisodeArrays(
+        obs=np.zeros((n, 1), np.float32),
+        act=np.array(recorded, np.float32),
+        proximity=np.full(n, np.nan, np.float32),
+        episode_start=np.eye(1, n, dtype=bool)[0],
+        act_outside=None if outside is None else np.array(outside, bool),
+    )
+    head = SafetyHead(SafetyConfig(**safety))
+    return assess_policy(np.array(pred, float), data, list(NAMES), np.ones(2), head)
+
+
+@pytest.mark.parametrize(
+    ("pred", "recorded", "outside", "clamped", "at_demo"),
+    [
+        # the demonstrator held steering at +1; the policy overshoots: executed as the bound
+        ([1.03, 0.0], [1.0, 0.0], None, False, True),
+        ([1.5, 0.0], [0.95, 0.0], None, False, True),  # within 0.05 x width (0.1) of the bound
+        # the demonstrator was not at that bound: a real clamp
+        ([1.03, 0.0], [0.8, 0.0], None, True, False),
+        ([-1.03, 0.0], [1.0, 0.0], None, True, False),  # the other bound
+        # the recording itself left the bound and was clipped at ingest: counted
+        ([0.0, 1.02], [0.0, 1.0], [False, True], True, False),
+        # one name at its demonstrated bound, the other past an undemonstrated one
+        ([1.02, 1.02], [1.0, 0.3], None, True, False),
+        ([float("nan"), 0.0], [1.0, 0.0], None, True, False),  # NaN is never benign
+    ],
+)
+def test_overshoot_of_a_demonstrated_bound_is_not_a_clamp(
+    pred: list[float], recorded: list[float], outside, clamped: bool, at_demo: bool
+) -> None:
+    s = _scored([pred], [recorded], None if outside is None else [outside])
+    assert bool(s.assessment.clamped[0]) is clamped
+    assert bool(s.at_demo_bound[0]) is at_demo
+    # the executed action (and so its error) is the clamped prediction either way
+    if math.isfinite(pred[0]):
+        assert s.assessment.clamped_actions[0, 0] == pytest.approx(max(-1.0, min(1.0, pred[0])))
+    if at_demo:
+        assert s.assessment.label[0] == 0  # no clamp term: no warn
+
+
+def test_demo_bound_tolerance_comes_from_the_config() -> None:
+    assert not _scored([[1.03, 0.0]], [[0.95, 0.0]], demo_bound_tolerance=0.0).at_demo_bound[0]
+    assert _scored([[1.03, 0.0]], [[1.0, 0.0]], demo_bound_tolerance=0.0).at_demo_bound[0]
+    with pytest.raises(ValueError):
+        _scored([[1.0, 0.0]], [[1.0, 0.0]], demo_bound_tolerance=0.2)  # capped at 0.1

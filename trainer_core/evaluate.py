@@ -85,8 +85,9 @@ class Scored:
 
     norm_err: np.ndarray  # (N, A) normalised squared error of the executed action
     raw_err: np.ndarray  # (N, A) raw squared error
-    assessment: Assessment
+    assessment: Assessment  # of the prediction with demonstrated-bound overshoots at the bound
     nonfinite: np.ndarray  # (N,) bool
+    at_demo_bound: np.ndarray  # (N,) bool: left a bound only where the demonstration commanded it
 
 
 def assess_policy(
@@ -96,13 +97,39 @@ def assess_policy(
     yardstick_std: np.ndarray,
     head: SafetyHead,
 ) -> Scored:
-    """Safety rates on the raw prediction; error on what the robot would execute (clamped)."""
-    a = head.assess(pred, names, data.proximity, data.episode_start)
+    """Safety rates on the raw prediction; error on what the robot would execute (clamped).
+
+    A prediction past a bound that the demonstration on the same step commanded (see
+    :func:`demonstrated_bound`) is scored as the bound: the robot executes exactly what the
+    demonstrator did, so it is not evidence of leaving the bounds (and does not warn)."""
     lo, hi = head.bounds(names)
+    p = np.asarray(pred, np.float64)
+    at_demo = demonstrated_bound(p, data, lo, hi, head.cfg.demo_bound_tolerance)
+    judged = np.where(at_demo, np.clip(p, lo, hi), p)
+    a = head.assess(judged, names, data.proximity, data.episode_start)
     raw = worst_case_error(a.clamped_actions, data.act, lo, hi)
     norm = raw / yardstick_std.astype(np.float64) ** 2
-    nonfinite = ~np.isfinite(np.asarray(pred, np.float64)).all(axis=1)
-    return Scored(norm, raw, a, nonfinite)
+    nonfinite = ~np.isfinite(p).all(axis=1)
+    outside = at_demo.any(axis=1) & ~a.clamped
+    return Scored(norm, raw, a, nonfinite, outside)
+
+
+def demonstrated_bound(
+    pred: np.ndarray, data: EpisodeArrays, lo: np.ndarray, hi: np.ndarray, tolerance: float
+) -> np.ndarray:
+    """(N, A) bool: ``pred`` lies past a bound that the recorded action on the same step
+    commanded, i.e. lay within ``tolerance`` x the bound width of that same bound, without
+    having been clipped there at ingest (a demonstrator past the bound is not a demonstration
+    of it). A teleoperator holding the stick at its limit records the limit; a policy fitted
+    to it overshoots on about half such steps, and the runtime clamps it back to what the
+    demonstrator did."""
+    rec = data.act.astype(np.float64)
+    slack = tolerance * (hi - lo)
+    with np.errstate(invalid="ignore"):
+        out = ((pred > hi) & (rec >= hi - slack)) | ((pred < lo) & (rec <= lo + slack))
+    if data.act_outside is not None:
+        out &= ~data.act_outside
+    return out
 
 
 def score(
@@ -140,6 +167,7 @@ def _episode_part(scored: Scored, rows: slice, names: list[str]) -> PolicyEpisod
     return PolicyEpisode(
         sq_err={n: float(v) for n, v in zip(names, scored.norm_err[rows].sum(axis=0), strict=True)},
         clamp=int(a.clamped[rows].sum()),
+        clamp_at_demo=int(scored.at_demo_bound[rows].sum()),
         warn=int((a.label[rows] == WARN).sum()),
         block=int((a.label[rows] == BLOCK).sum()),
         max_risk=float(a.risk[rows].max()),

@@ -31,6 +31,10 @@ class FeatureError(ValueError):
     """An episode whose features cannot be extracted; the message says where and why."""
 
 
+class OutOfBoundsError(FeatureError):
+    """A recorded action lies outside its bounds under ``features.out_of_bounds: skip``."""
+
+
 def resolve(mapping: Any, path: str) -> Any:
     """Walk a dotted path through nested dicts (and list indices); ``_MISSING`` if absent."""
     node = mapping
@@ -82,6 +86,10 @@ class EpisodeArrays:
     proximity: np.ndarray  # (T,) float32 metres, NaN where the step does not say
     episode_start: np.ndarray  # (T,) bool, True on each episode's first step
     frames: Any = None  # trainer_core.frame_cache.FrameStore (T rows) when images are configured
+    # (T, A) bool: the recorded action lay outside its bound and was clipped (clip policy);
+    # None when nothing was. Evaluation must not mistake a clipped recording for a
+    # demonstration that commanded the bound (safety.config.SafetyConfig.demo_bound_tolerance).
+    act_outside: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.obs)
@@ -188,17 +196,21 @@ def episode_arrays(
     start = np.zeros(len(obs), dtype=bool)
     start[0] = True
     actions = np.asarray(act, dtype=np.float64)
+    outside = None
     if bounds is not None:
         reason = _bounds_reason(episode, actions, features, bounds)
         if reason is not None and features.out_of_bounds == "skip":
-            raise FeatureError(reason)
+            raise OutOfBoundsError(reason)
         lo, hi = zip(*(bounds[n] for n in features.action_names), strict=True)
-        actions = np.clip(actions, lo, hi)
+        clipped = np.clip(actions, lo, hi)
+        outside = (clipped != actions) if reason is not None else None
+        actions = clipped
     return EpisodeArrays(
         obs=np.asarray(obs, dtype=np.float32),
         act=actions.astype(np.float32),
         proximity=np.asarray(prox, dtype=np.float32),
         episode_start=start,
+        act_outside=outside,
     )
 
 
@@ -217,6 +229,19 @@ def concat(parts: Sequence[EpisodeArrays], n_obs: int, n_act: int) -> EpisodeArr
         proximity=np.concatenate([p.proximity for p in parts]),
         episode_start=np.concatenate([p.episode_start for p in parts]),
         frames=_join_frames(parts),
+        act_outside=_join_outside(parts, n_act),
+    )
+
+
+def _join_outside(parts: Sequence[EpisodeArrays], n_act: int) -> np.ndarray | None:
+    """The parts' ``act_outside`` masks stacked (all False where a part has none)."""
+    if all(p.act_outside is None for p in parts):
+        return None
+    return np.concatenate(
+        [
+            p.act_outside if p.act_outside is not None else np.zeros((len(p), n_act), bool)
+            for p in parts
+        ]
     )
 
 
@@ -351,6 +376,7 @@ class Split:
     hashes: list[str]
     skipped: dict[str, str]  # episode path -> reason
     episodes: list[EpisodeInfo] = field(default_factory=list)  # one per used path
+    out_of_bounds: int = 0  # of the skipped, how many for recordings outside their bounds
 
 
 def read_split(
@@ -375,6 +401,7 @@ def read_split(
     hashes: list[str] = []
     skipped: dict[str, str] = {}
     infos: list[EpisodeInfo] = []
+    n_oob = 0
     for path in paths:
         if stop is not None and stop():
             break
@@ -391,10 +418,11 @@ def read_split(
                 part.frames = cached_frames(frame_cache, digest, spec, len(part), decode_all)
         except (EpisodeError, FeatureError, OSError) as exc:
             skipped[str(path)] = str(exc)
+            n_oob += isinstance(exc, OutOfBoundsError)
             continue
         parts.append(part)
         hashes.append(digest)
         used.append(Path(path))
         infos.append(EpisodeInfo(episode.episode_id, episode_slices(episode.metadata)))
     arrays = concat(parts, len(features.observation_names), len(features.action_names))
-    return Split(arrays=arrays, paths=used, hashes=hashes, skipped=skipped, episodes=infos)
+    return Split(arrays, used, hashes, skipped, infos, n_oob)

@@ -413,6 +413,9 @@ class Recipe:
             # at this step and evaluates again, against the release current by then.
             self._preempted("preempted by SIGTERM at the end of evaluation")
             return False
+        # The rule's evidence check needs to know how much of the held-out set was left out
+        # for recordings outside their bounds (what remains may be a biased remainder).
+        self.metrics = self.metrics.model_copy(update={"eval_out_of_bounds": evals.out_of_bounds})
         result.metrics = self.metrics
         result.timings["eval_s"] = round(time.monotonic() - t_eval, 3)
         return True
