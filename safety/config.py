@@ -311,6 +311,13 @@ class PromotionConfig(_Section):
     clamp_rate_margin: float = Field(0.02, ge=0, le=1)
     warn_rate_margin: float = Field(0.05, ge=0, le=1)
     block_rate_margin: float = Field(0.02, ge=0, le=1)
+    max_clamp_share: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="cap on the candidate's own share of clamped steps (overshoots of a "
+        "demonstrated bound not counted), whatever the baseline's",
+    )
     max_clamp_rate: float = Field(
         0.03, ge=0, le=1, description="cap on steps the candidate clamps and the baseline not"
     )

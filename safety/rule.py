@@ -21,6 +21,9 @@ A candidate is promoted only when every check passes; in the order they are name
   ``safety.demo_bound_tolerance`` of it, and not clipped there at ingest) is evidence of
   nothing: the robot executes what the demonstrator did. Evaluation scores it as the bound
   (no clamp, no warn), and the clamp reason reports how many such steps were left out;
+- ``clamp_share``: the candidate's own share of clamped steps, upper bound <=
+  ``max_clamp_share`` whatever the baseline does (a release that leaves its bounds more often
+  does not make a candidate that leaves them on one step in ten safe);
 - ``clamp_cap`` / ``warn_cap`` / ``block_cap``: the share of steps where the candidate is worse
   than the baseline ON THAT STEP, upper bound <= the absolute cap (data where a person comes
   close raises both policies' risk and vetoes nobody);
@@ -195,6 +198,16 @@ def _judge_evidence(judge: _Judge, eps: list[EpisodeEvidence], cfg: PromotionCon
             value=point,
             bound=upper,
         )
+        if rate == "clamp":  # how often its commands leave the envelope, whatever the baseline
+            point, upper = boot.upper(lambda w, c=cand: (w @ c) / (w @ steps))
+            judge.check(
+                "clamp_share",
+                upper <= cfg.max_clamp_share,
+                f"candidate clamps {_pct(point)} of steps ({conf} upper bound {_pct(upper)}; "
+                f"at most {_pct(cfg.max_clamp_share)})",
+                value=point,
+                bound=upper,
+            )
     rise = boot.column(lambda e: e.candidate.risk_sum - e.baseline.risk_sum)
     point, upper = boot.upper(lambda w: (w @ rise) / (w @ steps))
     top = [max(getattr(e, side).max_risk for e in eps) for side in ("baseline", "candidate")]

@@ -22,6 +22,7 @@ TRAIN_STEPS = 200  # optimiser steps per job
 CLIP = FeaturesConfig(out_of_bounds="clip")
 SAFETY_CHECKS = (
     "clamp_rate",
+    "clamp_share",
     "clamp_cap",
     "warn_rate",
     "warn_cap",
@@ -37,6 +38,7 @@ ERROR_ONLY = PromotionConfig(
     warn_rate_margin=1,
     block_rate_margin=1,
     max_clamp_rate=1,
+    max_clamp_share=1,
     max_warn_rate=1,
     max_block_rate=1,
     mean_risk_margin=1,

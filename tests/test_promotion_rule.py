@@ -174,6 +174,18 @@ CASES: list[tuple[str, Any, str | None]] = [
         ),
         "clamp_cap",
     ),
+    # the release clamps 45 % of steps (a tightened bound), the candidate 10 %: better than
+    # the release, but a policy leaving its bounds on one step in ten is not promoted
+    (
+        "clamps_less_than_the_release_but_often",
+        lambda: metrics(good(base_counts={"clamp": 45}, cand_counts={"clamp": 10}, worse={})),
+        "clamp_share",
+    ),
+    (
+        "clamps_rarely_and_less_than_the_release",
+        lambda: metrics(good(base_counts={"clamp": 45}, cand_counts={"clamp": 2}, worse={})),
+        None,
+    ),
     ("risk_rise", lambda: metrics(good(cand_risk=0.15)), "mean_risk"),
     (
         "risk_rise_in_one_episode",
