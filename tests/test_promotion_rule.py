@@ -408,6 +408,12 @@ def _scored(pred: list[list[float]], recorded: list[list[float]], outside=None, 
         ([-1.03, 0.0], [1.0, 0.0], None, True, False),  # the other bound
         # the recording itself left the bound and was clipped at ingest: counted
         ([0.0, 1.02], [0.0, 1.0], [False, True], True, False),
+        # ...and so is riding that bound, or coming within the tolerance of it (x1.6 clipped)
+        ([0.0, 1.0], [0.0, 1.0], [False, True], True, False),
+        ([0.0, 0.93], [0.0, 1.0], [False, True], True, False),
+        ([0.0, -0.95], [0.0, -1.0], [False, True], True, False),
+        # well inside a clipped bound: not counted
+        ([0.0, 0.5], [0.0, 1.0], [False, True], False, False),
         # one name at its demonstrated bound, the other past an undemonstrated one
         ([1.02, 1.02], [1.0, 0.3], None, True, False),
         ([float("nan"), 0.0], [1.0, 0.0], None, True, False),  # NaN is never benign
@@ -420,8 +426,9 @@ def test_overshoot_of_a_demonstrated_bound_is_not_a_clamp(
     assert bool(s.assessment.clamped[0]) is clamped
     assert bool(s.at_demo_bound[0]) is at_demo
     # the executed action (and so its error) is the clamped prediction either way
-    if math.isfinite(pred[0]):
-        assert s.assessment.clamped_actions[0, 0] == pytest.approx(max(-1.0, min(1.0, pred[0])))
+    if all(math.isfinite(v) for v in pred):
+        executed = [max(-1.0, min(1.0, v)) for v in pred]
+        assert s.assessment.clamped_actions[0] == pytest.approx(executed)
     if at_demo:
         assert s.assessment.label[0] == 0  # no clamp term: no warn
 

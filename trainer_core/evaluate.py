@@ -14,6 +14,7 @@ bootstraps over episodes, not steps.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -101,12 +102,22 @@ def assess_policy(
 
     A prediction past a bound that the demonstration on the same step commanded (see
     :func:`demonstrated_bound`) is scored as the bound: the robot executes exactly what the
-    demonstrator did, so it is not evidence of leaving the bounds (and does not warn)."""
+    demonstrator did, so it is not evidence of leaving the bounds (and does not warn). A
+    prediction at a bound the recording was clipped to is counted as leaving it (see
+    :func:`at_clipped_bound`)."""
     lo, hi = head.bounds(names)
     p = np.asarray(pred, np.float64)
-    at_demo = demonstrated_bound(p, data, lo, hi, head.cfg.demo_bound_tolerance)
+    tolerance = head.cfg.demo_bound_tolerance
+    at_demo = demonstrated_bound(p, data, lo, hi, tolerance)
     judged = np.where(at_demo, np.clip(p, lo, hi), p)
-    a = head.assess(judged, names, data.proximity, data.episode_start)
+    # Just past the bound, so the head counts the clamp (its clamp term does not grow with size);
+    # the executed action, and so the error, stays the prediction itself.
+    at_clipped = at_clipped_bound(p, data, lo, hi, tolerance)
+    past = np.where(data.act >= hi, np.nextafter(hi, np.inf), np.nextafter(lo, -np.inf))
+    a = head.assess(np.where(at_clipped, past, judged), names, data.proximity, data.episode_start)
+    if at_clipped.any():
+        executed = np.where(at_clipped, np.clip(p, lo, hi), a.clamped_actions)
+        a = dataclasses.replace(a, clamped_actions=executed)
     raw = worst_case_error(a.clamped_actions, data.act, lo, hi)
     norm = raw / yardstick_std.astype(np.float64) ** 2
     nonfinite = ~np.isfinite(p).all(axis=1)
@@ -130,6 +141,26 @@ def demonstrated_bound(
     if data.act_outside is not None:
         out &= ~data.act_outside
     return out
+
+
+def at_clipped_bound(
+    pred: np.ndarray, data: EpisodeArrays, lo: np.ndarray, hi: np.ndarray, tolerance: float
+) -> np.ndarray:
+    """(N, A) bool: ``pred`` reaches (within ``tolerance`` x the bound width) a bound that the
+    recording on the same step was clipped to at ingest (``features.out_of_bounds: clip``).
+
+    The demonstration asked for more than the bounds allow there; a policy that follows it to
+    the bound learnt from data past it and is scored as leaving the bounds, baseline and
+    candidate alike. Without this, a candidate trained on a x1.6 throttle clipped to +-1 rides
+    the bound instead of overshooting it and no in-bounds check can see it."""
+    if data.act_outside is None:
+        return np.zeros(np.shape(pred), bool)
+    rec = data.act.astype(np.float64)
+    slack = tolerance * (hi - lo)
+    with np.errstate(invalid="ignore"):
+        up = (rec >= hi) & (pred >= hi - slack)
+        down = (rec <= lo) & (pred <= lo + slack)
+    return data.act_outside & (up | down)
 
 
 def score(
