@@ -162,7 +162,7 @@ class Service:
             cfg.adapters_dir, cfg.paths.manifest, model_name=cfg.policy.model_name
         )
         self._check_store()
-        orphan = reap_orphan(cfg.state_dir)
+        orphan = reap_orphan(cfg.state_dir, cfg.runs_dir)
         if orphan:
             self.log.warning("orphan_job_reaped", detail=orphan)
         self._restore_waiting()  # before cleaning: its run dir is kept

@@ -30,7 +30,7 @@ from trainer_core.spec import RESULT_FILE, SPEC_FILE, ExitCode, JobResult, JobSp
 
 CHILD_NICE = 19
 CHILD_OOM_SCORE_ADJ = 500  # the kernel's OOM killer picks the job, never the daemon
-PIDFILE = "job.pid"  # in the state dir: lets the next start find an orphaned child
+PIDFILE = "job.pid"  # in the state dir: the running child, for operators and tests
 STRIPPED_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")
 STARTUP_ALLOWANCE_S = 30.0  # interpreter + torch import, on top of the wall-time budget
 
@@ -316,24 +316,31 @@ class JobSupervisor:
         return outcome
 
 
-def reap_orphan(state_dir: Path) -> str | None:
-    """Kill the process group of a job child left behind by a daemon that died; say what."""
-    pidfile = state_dir / PIDFILE
-    try:
-        info = json.loads(pidfile.read_text())
-        pid = int(info["pid"])
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError):
-        pidfile.unlink(missing_ok=True)
-        return "removed an unreadable job pid file"
-    note = None
-    try:
-        proc = psutil.Process(pid)
-        if any("trainer_core.job" in part for part in proc.cmdline()):
-            os.killpg(pid, signal.SIGKILL)
-            note = f"killed orphaned job process group {pid} ({info.get('run_dir')})"
-    except (psutil.Error, ProcessLookupError, PermissionError):
-        pass
-    pidfile.unlink(missing_ok=True)
-    return note
+def reap_orphan(state_dir: Path, runs_dir: Path) -> str | None:
+    """Kill the process group of every job child a daemon that died left behind; say what.
+
+    At start-up no job of this state dir may be running (the instance lock is held), so any live
+    ``trainer_core.job`` whose spec lies under ``runs_dir`` is an orphan. They are found by their
+    command line, not by ``job.pid``: a daemon killed between spawning the child and writing the
+    pid file leaves no file, and its child would train beside the next one."""
+    notes = []
+    for pid, spec in _job_children(runs_dir):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)  # its own group (start_new_session): threads, workers
+            notes.append(f"killed orphaned job process group {pid} ({Path(spec).parent})")
+    (state_dir / PIDFILE).unlink(missing_ok=True)
+    return "; ".join(notes) or None
+
+
+def _job_children(runs_dir: Path) -> list[tuple[int, str]]:
+    """(pid, spec path) of every live job child whose spec lies under ``runs_dir``."""
+    prefixes = {str(runs_dir) + os.sep, str(runs_dir.resolve()) + os.sep}
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info.get("cmdline") or []  # None for a zombie or a process we may not read
+        if "trainer_core.job" not in cmd[:4]:
+            continue
+        spec = cmd[-1]
+        if spec.endswith(SPEC_FILE) and any(spec.startswith(p) for p in prefixes):
+            found.append((proc.pid, spec))
+    return found

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.supervisor import JobSupervisor
+from daemon.supervisor import PIDFILE, JobSupervisor, reap_orphan
 from safety.config import SafetyConfig
 from tests.test_job import PICKLE_PROTOCOLS, World, build_world, run_job, write_spec
 from trainer_core.config import FeaturesConfig, IngestConfig, JobConfig, LoraConfig, PolicyConfig
@@ -133,6 +133,38 @@ def test_sigterm_during_startup_aborts_at_once(world: World, tmp_path: Path) -> 
     result = result_of(tmp_path / "r")
     assert result.status == "preempted" and result.steps == 0
     assert "before training" in result.reason
+
+
+def test_an_orphan_without_a_pid_file_is_found_and_killed(world: World, tmp_path: Path) -> None:
+    """The daemon died between spawning its child and writing job.pid: the next start finds the
+    child by its command line, kills its group, and leaves another state dir's job alone."""
+    state, elsewhere = tmp_path / "state", tmp_path / "other-robot"
+
+    def child(runs: Path) -> subprocess.Popen:
+        spec = write_spec(runs / "r1", world.plain[:4], [], world.base, max_steps=1_000_000)
+        return subprocess.Popen(
+            [sys.executable, "-m", "trainer_core.job", str(spec)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,  # as JobSupervisor.start spawns it
+        )
+
+    orphan, bystander = child(state / "runs"), child(elsewhere / "runs")
+    try:
+        for proc in (orphan, bystander):
+            read_until(proc, lambda e: e.get("event") == "progress")
+        assert not (state / PIDFILE).exists()
+        note = reap_orphan(state, state / "runs")
+        assert orphan.wait(timeout=10) == -signal.SIGKILL
+        assert note and f"group {orphan.pid}" in note and str(state / "runs" / "r1") in note
+        assert bystander.poll() is None, "a job of another state dir was killed"
+        assert reap_orphan(state, state / "runs") is None  # nothing left to reap
+    finally:
+        for proc in (orphan, bystander):
+            proc.kill()
+            proc.wait()
 
 
 def test_unusable_spec_exits_invalid_with_a_result(tmp_path: Path) -> None:
