@@ -18,14 +18,14 @@ $(STAMP): pyproject.toml constraints.txt
 demo: setup
 	$(VENV)/bin/continuon-trainer demo
 
+# The pytest suite, with the real-systemd VM suite (tests/vm: image build, one qemu boot) running
+# beside it: it waits mostly on software emulation, so the two overlap. The VM suite skips,
+# saying why, without qemu or where no image can be built; CONTINUON_VMTEST=0 leaves it out.
 test: setup
 	$(PY) -m ruff check .
-	$(PY) -m pytest
+	tests/vm/alongside.sh $(PY) $(PY) -m pytest
 
-# The real-systemd suite (tests/vm): one qemu boot, run alone because software emulation keeps
-# both cores busy. Skips, saying why, without qemu or a VM image. Not part of `make test` for
-# now: see the h16 note (CI time on the shared 2-core machine).
-# CONTINUON_VMTEST=0 leaves it out.
+# The VM suite alone, in the foreground.
 test-vm: setup
 	@if [ "$${CONTINUON_VMTEST:-1}" = 0 ]; then echo "VM suite left out: CONTINUON_VMTEST=0"; \
 	else CONTINUON_VMTEST=1 $(PY) -m pytest tests/vm; fi

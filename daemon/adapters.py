@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from daemon.cycle import baseline_of, judge
+from daemon.cycle import baseline_of, job_spec, judge
 from daemon.health import HealthWatch
 from daemon.instance import AlreadyRunning, take_instance_lock
 from daemon.ledger import EpisodeRow, Ledger
@@ -41,7 +41,6 @@ from safety.config import merge_manifest_safety
 from trainer_core.basefile import base_weights_file
 from trainer_core.bundle import BundleError, check_sealed
 from trainer_core.fsio import sha256_file
-from trainer_core.spec import JobSpec
 
 if TYPE_CHECKING:
     from daemon.config import TrainerConfig
@@ -214,22 +213,15 @@ def _import_locked(
         return ImportVerdict("invalid", [f"FAIL adapter: {exc}"], run_id=run_id, card=card)
     eval_paths = [Path(r.path) for r in evals]
     train_rows = ledger.valid_episodes("train")
-    spec = JobSpec(
-        run_id=run_id,
-        run_dir=run_dir,
+    spec = job_spec(
+        cfg,
+        run_id,
         # not read by a shadow job (it trains nothing); the robot's own, for the record
-        train_episodes=[Path(r.path) for r in train_rows] or eval_paths,
-        eval_episodes=eval_paths,
-        base_path=cfg.policy.base_path,
-        baseline_adapter=baseline.path,
-        baseline_id=baseline.release_id,
+        [Path(r.path) for r in train_rows] or eval_paths,
+        eval_paths,
+        baseline,
+        safety,
         candidate_adapter=incoming,
-        features=cfg.features,
-        policy=cfg.policy,
-        lora=cfg.lora,
-        job=cfg.job,
-        ingest=cfg.ingest,
-        safety=safety,
     )
     ledger.record_job_start(run_id, time.time(), trained)
     log.info(

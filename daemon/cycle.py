@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from daemon.config import TrainerConfig
 from daemon.ledger import EpisodeRow
@@ -57,6 +57,35 @@ class Plan:
     held_back: list[str] = field(default_factory=list)  # eval paths left out: trained on
 
 
+def job_spec(
+    cfg: TrainerConfig,
+    run_id: str,
+    train: Sequence[Path],
+    evals: Sequence[Path],
+    baseline: Baseline,
+    safety: SafetyConfig,
+    **extra: Any,
+) -> JobSpec:
+    """A job child's spec: these episodes against ``baseline`` under ``safety``, the rest from
+    ``cfg``; ``extra`` sets what only some jobs have (``resume_from``, ``candidate_adapter``)."""
+    return JobSpec(
+        run_id=run_id,
+        run_dir=cfg.runs_dir / run_id,
+        train_episodes=list(train),
+        eval_episodes=list(evals),
+        base_path=cfg.policy.base_path,
+        baseline_adapter=baseline.path,
+        baseline_id=baseline.release_id,
+        features=cfg.features,
+        policy=cfg.policy,
+        lora=cfg.lora,
+        job=cfg.job,
+        ingest=cfg.ingest,
+        safety=safety,
+        **extra,
+    )
+
+
 def plan_job(
     cfg: TrainerConfig,
     run_id: str,
@@ -80,21 +109,14 @@ def plan_job(
     never = set(trained) | {r.content_hash for r in chosen}
     held_back = [r.path for r in evals if r.content_hash in never]
     evals = [r for r in evals if r.content_hash not in never]
-    spec = JobSpec(
-        run_id=run_id,
-        run_dir=cfg.runs_dir / run_id,
-        train_episodes=[Path(r.path) for r in chosen],
-        eval_episodes=[Path(r.path) for r in evals],
-        base_path=cfg.policy.base_path,
-        baseline_adapter=baseline.path,
-        baseline_id=baseline.release_id,
+    spec = job_spec(
+        cfg,
+        run_id,
+        [Path(r.path) for r in chosen],
+        [Path(r.path) for r in evals],
+        baseline,
+        safety,
         resume_from=resume_from,
-        features=cfg.features,
-        policy=cfg.policy,
-        lora=cfg.lora,
-        job=cfg.job,
-        ingest=cfg.ingest,
-        safety=safety,
     )
     reason = f"job {run_id}: {len(chosen)} train / {len(evals)} eval episodes"
     if held_back:

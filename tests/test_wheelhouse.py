@@ -132,3 +132,77 @@ def test_missing_dependency_is_named(tmp_path: Path) -> None:
     assert done.returncode != 0
     assert f"the wheelhouse {wh} has no wheel for" in done.stderr, done.stderr[-2000:]
     assert "rebuild it with deploy/wheelhouse.sh" in done.stderr
+
+
+# ------------------------------------------------------------- deploy/wheelhouse_check.py
+
+
+def load_check():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "wheelhouse_check", REPO / "deploy" / "wheelhouse_check.py"
+    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def wheel(folder: Path, name: str, version: str, *requires: str) -> None:
+    """A real wheel file (a zip with its METADATA) requiring ``requires``."""
+    import zipfile
+
+    meta = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
+    meta += [f"Requires-Dist: {r}" for r in requires]
+    with zipfile.ZipFile(folder / f"{name}-{version}-py3-none-any.whl", "w") as z:
+        z.writestr(f"{name}-{version}.dist-info/METADATA", "\n".join(meta) + "\n")
+
+
+TORCH_291 = (
+    'nvidia-cudnn-cu12==9.10; platform_system == "Linux" and platform_machine == "x86_64"',
+)
+TORCH_213 = ('nvidia-cudnn-cu13==9.20; platform_system == "Linux"',)
+# (case, wheels as (name, version, requires...), machine, expected problems as substrings)
+CHECK_CASES = [
+    ("complete, one wheel to spare", [("torch", "2.9.1"), ("sympy", "1.14.0")], "aarch64", []),
+    ("x86-only CUDA markers on a Pi", [("torch", "2.9.1", *TORCH_291)], "aarch64", []),
+    (
+        "the same torch on x86_64",
+        [("torch", "2.9.1", *TORCH_291)],
+        "x86_64",
+        ["torch needs nvidia-cudnn-cu12==9.10", "a CUDA build"],
+    ),
+    ("a CUDA build for aarch64", [("torch", "2.13.0", *TORCH_213)], "aarch64", ["a CUDA build"]),
+    ("missing dependency", [], "aarch64", ["continuon-trainer needs torch>=2.1: no wheel for it"]),
+    (
+        "version that does not fit",
+        [("torch", "2.0.0")],
+        "aarch64",
+        ["continuon-trainer needs torch>=2.1: the wheelhouse has torch 2.0.0"],
+    ),
+    (
+        "an extra's requirement is followed",
+        [("torch", "2.9.1", 'sympy; extra == "opt"')],
+        "aarch64",
+        ["torch needs sympy", "no wheel for it"],
+    ),
+]
+PROJECT_REQUIRES = ("torch>=2.1", "torch[opt]>=2.1", 'pytest; extra == "dev"')
+
+
+@pytest.mark.parametrize(
+    "case,wheels,machine,expected", CHECK_CASES, ids=[c[0] for c in CHECK_CASES]
+)
+def test_wheelhouse_check(tmp_path: Path, case, wheels, machine, expected) -> None:
+    check = load_check()
+    wheel(tmp_path, "continuon_trainer", "0.1.0", *PROJECT_REQUIRES)
+    for name, version, *requires in wheels:
+        wheel(tmp_path, name, version, *requires)
+    found = check.problems(tmp_path, machine, "3.11")
+    if not expected:
+        assert found == [], found
+    for want in expected:
+        assert any(want in line for line in found), (want, found)
+    # the project's dev extra (pytest) is never required on the robot
+    assert not any("pytest" in line for line in found), found

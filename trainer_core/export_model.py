@@ -21,8 +21,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
-import os
-import shutil
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -35,7 +33,7 @@ import torch
 from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
-from trainer_core.fsio import TEMP_PREFIX, atomic_write_json, fsync_dir, fsync_tree
+from trainer_core.fsio import atomic_write_json, staged_dir
 
 MERGED_WEIGHTS = "model.safetensors"
 ONNX_FILE = "model.onnx"
@@ -295,20 +293,10 @@ def export_model(config: Any, out: Path, fmt: str, release: str | None = None) -
         },
         "sha256": {n: hashlib.sha256(b).hexdigest() for n, b in files.items()},
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f"{TEMP_PREFIX}{out.name}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
+    with staged_dir(out) as staging:
         for name, data in files.items():
             (staging / name).write_bytes(data)
         atomic_write_json(staging / CARD, card)
-        fsync_tree(staging)
-        os.rename(staging, out)
-        fsync_dir(out.parent)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     result.files = sorted([*files, CARD])
     return result
 

@@ -19,11 +19,14 @@ fi
 LOG=$(mktemp "${TMPDIR:-/tmp}/continuon-vmtest.XXXXXX.log")
 t0=$(date +%s)
 # Its own process group (setsid), so that an interrupted make test stops qemu with it.
-CONTINUON_VMTEST=1 setsid nice -n 10 "$PY" -m pytest -p no:cacheprovider tests/vm >"$LOG" 2>&1 &
+# Its own basetemp: two pytest sessions must not prune each other's numbered tmp folders.
+BT=$(mktemp -d "${TMPDIR:-/tmp}/continuon-vmtest.XXXXXX")
+CONTINUON_VMTEST=1 setsid nice -n 10 "$PY" -m pytest -p no:cacheprovider --basetemp="$BT" tests/vm \
+  >"$LOG" 2>&1 &
 VM=$!
 trap 'kill -- "-$VM" 2>/dev/null' EXIT INT TERM
 echo "VM suite (tests/vm) running in the background (pid $VM, log $LOG)"
-"$@"
+env -u CONTINUON_VMTEST "$@"  # the main suite never collects tests/vm itself
 rc=$?
 echo "waiting for the VM suite (tests/vm) ..."
 wait "$VM"
@@ -32,4 +35,4 @@ trap - EXIT INT TERM
 echo "===== VM suite (tests/vm): exit $vrc after $(($(date +%s) - t0)) s ====="
 tail -n 40 "$LOG"
 ((rc == 0 && vrc == 0)) || { echo "make test: pytest exit $rc, VM suite exit $vrc (full VM log: $LOG)" >&2; exit 1; }
-rm -f "$LOG"
+rm -rf "$LOG" "$BT"
