@@ -32,13 +32,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     return build_world(tmp_path_factory.mktemp("world"))
 
 
-def spawn(spec_path: Path) -> subprocess.Popen:
+def spawn(spec_path: Path, **popen) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "trainer_core.job", str(spec_path)],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        **popen,
     )
 
 
@@ -142,14 +143,7 @@ def test_an_orphan_without_a_pid_file_is_found_and_killed(world: World, tmp_path
 
     def child(runs: Path) -> subprocess.Popen:
         spec = write_spec(runs / "r1", world.plain[:4], [], world.base, max_steps=1_000_000)
-        return subprocess.Popen(
-            [sys.executable, "-m", "trainer_core.job", str(spec)],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            start_new_session=True,  # as JobSupervisor.start spawns it
-        )
+        return spawn(spec, start_new_session=True)  # its own group, as JobSupervisor.start does
 
     orphan, bystander = child(state / "runs"), child(elsewhere / "runs")
     try:
