@@ -1,6 +1,6 @@
 """The VM suite boots a qemu VM for minutes: it is collected only when asked for
-(``make test-vm``; ``make test`` runs it beside the main suite through tests/vm/alongside.sh;
-or CONTINUON_VMTEST=1)."""
+(``make test-vm``; ``make test`` runs it beside the main suite where qemu has KVM, see
+tests/vm/alongside.sh; or CONTINUON_VMTEST=1)."""
 
 import os
 

@@ -3,6 +3,7 @@
 # VM powers off, and SHARE_DIR/out comes back (rc, run.log, boot.txt, journal.txt, console.log).
 #
 #   usage: tests/vm/run-vm.sh [-i] IMAGE_DIR SHARE_DIR [TIMEOUT_S]
+#          tests/vm/run-vm.sh --accel    prints kvm or tcg: what a run here would use
 #     IMAGE_DIR  from tests/vm/image.sh (rootfs.img, vmlinuz, initrd.img); booted as a
 #                throw-away snapshot, so every run starts from the cached image
 #     SHARE_DIR  copied into an ext4 disk (mkfs.ext4 -d: no root, no loop mount) that the VM
@@ -11,14 +12,6 @@
 #   exit: run.sh's status; 124 the VM ran out of time; 125 run.sh never ran.
 #   env: VM_ACCEL=auto|kvm|tcg  VM_MEM=2048  VM_CPUS=2  VM_APPEND (more kernel arguments)
 set -euo pipefail
-INTERACTIVE=0
-[[ ${1:-} == -i ]] && { INTERACTIVE=1; shift; }
-(($# >= 2)) || { sed -n '2,13p' "$0"; exit 2; }
-IMG=$(realpath "$1")
-SHARE=$(realpath "$2")
-TMO=${3:-1800}
-for f in rootfs.img vmlinuz initrd.img; do [[ -e $IMG/$f ]] || { echo "run-vm.sh: missing $IMG/$f (tests/vm/image.sh)" >&2; exit 2; }; done
-
 # KVM only with real hardware virtualisation: a /dev/kvm from kvm_pvm (software nested
 # virtualisation) runs only PVM guest kernels, and Debian's hangs in its decompressor there.
 accel() {
@@ -34,6 +27,16 @@ accel() {
     *) echo "run-vm.sh: VM_ACCEL must be auto, kvm or tcg" >&2; exit 2 ;;
   esac
 }
+# --accel: print the accelerator a run would use (kvm or tcg) and exit.
+[[ ${1:-} == --accel ]] && { read -ra a <<<"$(accel)"; echo "${a[1]%%,*}"; exit 0; }
+INTERACTIVE=0
+[[ ${1:-} == -i ]] && { INTERACTIVE=1; shift; }
+(($# >= 2)) || { sed -n '2,13p' "$0"; exit 2; }
+IMG=$(realpath "$1")
+SHARE=$(realpath "$2")
+TMO=${3:-1800}
+for f in rootfs.img vmlinuz initrd.img; do [[ -e $IMG/$f ]] || { echo "run-vm.sh: missing $IMG/$f (tests/vm/image.sh)" >&2; exit 2; }; done
+
 read -ra ACCEL <<<"$(accel)"
 
 RUN=$(mktemp -d "${TMPDIR:-/tmp}/ctvm-run.XXXXXX")
