@@ -15,8 +15,8 @@ OUT=""
 PLATFORM=""
 PYVER=3.11
 PYTHON=${PYTHON:-python3}
-# The CPU build of torch: PyPI's aarch64 torch wheels are CUDA builds that pull in several GB
-# of NVIDIA libraries a Pi cannot use; the CPU ones live on PyTorch's own index.
+# The CPU build of torch: PyPI's aarch64 torch wheels from 2.10 on are CUDA builds that pull in
+# several GB of NVIDIA libraries a Pi cannot use; the CPU ones live on PyTorch's own index.
 TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_WHEEL=""
 TORCH_VERSION=""
