@@ -15,7 +15,7 @@ OUT=""
 PLATFORM=""
 PYVER=3.11
 PYTHON=${PYTHON:-python3}
-# The CPU build of torch: PyPI's aarch64 torch wheels from 2.10 on are CUDA builds that pull in
+# The CPU build of torch: PyPI's aarch64 torch wheels from 2.11 on are CUDA builds that pull in
 # several GB of NVIDIA libraries a Pi cannot use; the CPU ones live on PyTorch's own index.
 TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_WHEEL=""
@@ -35,7 +35,7 @@ usage: $0 --out DIR [--platform TAG] [--python-version X.Y]
   --torch-index URL    where the CPU torch wheel for --platform comes from (default $TORCH_INDEX)
   --torch-wheel FILE   use this torch wheel for --platform instead (already downloaded)
   --torch-version V    take torch V for --platform from pip's own index (PyPI), where that
-                       build is a CPU one: for aarch64 the last is 2.9.1 (2.10 and later pull
+                       build is a CPU one: for aarch64 the last is 2.10.0 (2.11 and later pull
                        in CUDA); a CUDA build is refused whichever way it came
   --project-only       only the project's wheel (an upgrade where the dependencies are in place)
 EOF
@@ -96,7 +96,7 @@ platform_tags() {
 }
 
 # Another platform: binary wheels only. pip evaluates environment markers for --platform
-# against THIS machine (torch 2.9.1's `platform_machine == "x86_64"` CUDA packages included), so
+# against THIS machine (torch 2.10.0's `platform_machine == "x86_64"` CUDA packages included), so
 # the set of packages is the native resolution, each fetched for the target by name and version
 # (pure wheels built here cover the packages published only as sdists), and then checked against
 # the target's own markers (check_target). torch comes from its CPU index, --torch-wheel or
@@ -125,7 +125,7 @@ cross_dependencies() {
       "$torch_pin+cpu" ||
       die "no CPU torch wheel ($torch_pin+cpu, $PLATFORM, cp${PYVER/./}) from $TORCH_INDEX.
   Download it where that index is reachable and pass --torch-wheel FILE, or take PyPI's last
-  CPU build for aarch64 with --torch-version 2.9.1."
+  CPU build for aarch64 with --torch-version 2.10.0."
   fi
 }
 
