@@ -32,6 +32,7 @@ CHILD_NICE = 19
 CHILD_OOM_SCORE_ADJ = 500  # the kernel's OOM killer picks the job, never the daemon
 PIDFILE = "job.pid"  # in the state dir: the running child, for operators and tests
 STRIPPED_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")
+CHILD_MODULE = "trainer_core.job"  # the child's command line: python -m CHILD_MODULE SPEC
 STARTUP_ALLOWANCE_S = 30.0  # interpreter + torch import, on top of the wall-time budget
 
 
@@ -160,7 +161,7 @@ class JobSupervisor:
         stderr = open(spec.run_dir / "child.log", "ab")  # noqa: SIM115 - handed to the child
         try:
             self._proc = subprocess.Popen(
-                [self._python, "-m", "trainer_core.job", str(spec_path)],
+                [self._python, "-m", CHILD_MODULE, str(spec_path)],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=stderr,
@@ -338,7 +339,7 @@ def _job_children(runs_dir: Path) -> list[tuple[int, str]]:
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmd = proc.info.get("cmdline") or []  # None for a zombie or a process we may not read
-        if "trainer_core.job" not in cmd[:4]:
+        if CHILD_MODULE not in cmd[:4]:
             continue
         spec = cmd[-1]
         if spec.endswith(SPEC_FILE) and any(spec.startswith(p) for p in prefixes):

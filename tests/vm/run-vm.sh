@@ -31,7 +31,7 @@ accel() {
 [[ ${1:-} == --accel ]] && { read -ra a <<<"$(accel)"; echo "${a[1]%%,*}"; exit 0; }
 INTERACTIVE=0
 [[ ${1:-} == -i ]] && { INTERACTIVE=1; shift; }
-(($# >= 2)) || { sed -n '2,13p' "$0"; exit 2; }
+(($# >= 2)) || { sed -n '2,14p' "$0"; exit 2; }
 IMG=$(realpath "$1")
 SHARE=$(realpath "$2")
 TMO=${3:-1800}
