@@ -150,6 +150,17 @@ class TrainerConfig(_Section):
         resolve_bounds(self.features.action_names, self.safety.clamp_bounds, self.features.bounds)
         return self
 
+    @model_validator(mode="after")
+    def _eval_cap_leaves_evidence(self) -> TrainerConfig:
+        # A cap below the evidence floor would fail every candidate's evidence check, forever.
+        if self.job.max_eval_episodes < self.promotion.min_eval_episodes:
+            raise ValueError(
+                f"job.max_eval_episodes ({self.job.max_eval_episodes}) is below "
+                f"promotion.min_eval_episodes ({self.promotion.min_eval_episodes}): no "
+                "candidate could ever be promoted"
+            )
+        return self
+
     @property
     def state_dir(self) -> Path:
         """The state folder (ledger, status file, runs)."""

@@ -86,6 +86,19 @@ def job_spec(
     )
 
 
+def pick_eval(evals: Sequence[EpisodeRow], limit: int) -> list[EpisodeRow]:
+    """At most ``limit`` of the held-out ``evals`` (newest first): the newest half, then the
+    older ones with the lowest content hashes. A candidate is judged on today's conditions and
+    on a sample of the robot's whole history that a new episode rarely changes, so the eval set
+    (and the child's eval time and the daemon's memory with it) stays bounded as the robot
+    records, without drifting from job to job."""
+    if len(evals) <= limit:
+        return list(evals)
+    newest = (limit + 1) // 2
+    older = sorted(evals[newest:], key=lambda r: r.content_hash)[: limit - newest]
+    return [*evals[:newest], *older]
+
+
 def plan_job(
     cfg: TrainerConfig,
     run_id: str,
@@ -97,9 +110,10 @@ def plan_job(
     trained: Set[str] = frozenset(),
 ) -> Plan:
     """The job for these ledger episodes: the first ``job.max_episodes`` train episodes (the
-    ledger lists new ones first), judged against ``baseline`` on every eval episode that no
+    ledger lists new ones first), judged against ``baseline`` on the eval episodes that no
     release trained on (``trained``: content hashes), nor this job: held out for good, whatever
-    ``job.eval_fraction`` re-derived since. Fewer than ``job.min_episodes`` train episodes make
+    ``job.eval_fraction`` re-derived since; at most ``job.max_eval_episodes`` of them
+    (:func:`pick_eval`). Fewer than ``job.min_episodes`` train episodes make
     no job."""
     chosen = list(train[: cfg.job.max_episodes])
     if len(chosen) < cfg.job.min_episodes:
@@ -108,7 +122,8 @@ def plan_job(
         )
     never = set(trained) | {r.content_hash for r in chosen}
     held_back = [r.path for r in evals if r.content_hash in never]
-    evals = [r for r in evals if r.content_hash not in never]
+    usable = [r for r in evals if r.content_hash not in never]
+    evals = pick_eval(usable, cfg.job.max_eval_episodes)
     spec = job_spec(
         cfg,
         run_id,
@@ -119,6 +134,8 @@ def plan_job(
         resume_from=resume_from,
     )
     reason = f"job {run_id}: {len(chosen)} train / {len(evals)} eval episodes"
+    if len(evals) < len(usable):
+        reason += f" (of {len(usable)} held out; job.max_eval_episodes)"
     if held_back:
         reason += f" ({len(held_back)} eval episodes left out: already trained on)"
     train_hashes = [r.content_hash for r in chosen]

@@ -51,8 +51,15 @@ def decision_entry(
     result: JobResult | None,
     release_id: str | None = None,
 ) -> dict[str, Any]:
-    """One entry of ``last_decisions``: a job's verdict, its reasons and its metrics."""
-    metrics = result.metrics.model_dump() if result is not None and result.metrics else None
+    """One entry of ``last_decisions``: a job's verdict, its reasons and its metrics, less the
+    per-episode evidence (``metrics.episodes``: in the run's ``result.json`` and the release
+    card). That list grows with the held-out set, and the status file is rewritten, with two
+    fsyncs, at every change."""
+    metrics = (
+        result.metrics.model_dump(exclude={"episodes"})
+        if result is not None and result.metrics
+        else None
+    )
     return {
         "job_id": run_id,
         "at": at,

@@ -21,7 +21,7 @@ from trainer_core.fsio import atomic_write_json, remove_stale_temps
 
 STALE_AFTER_S = 30.0  # a running daemon rewrites the file at least every second
 # ``status --json`` has this one schema whether or not the daemon runs (README "status --json").
-SCHEMA = "continuon-trainer.status/1"
+SCHEMA = "continuon-trainer.status/2"
 # Top-level keys of ``status --json``; a key the source did not know is null.
 SCHEMA_KEYS = (
     "pid",

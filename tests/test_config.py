@@ -31,6 +31,10 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
         ("features: {bounds: {steering: [1, -1]}}", "low must be < high"),
         ("- a list", "top level must be a mapping"),
         ("job: {max_steps: [unclosed", "not valid YAML"),
+        (
+            "job: {max_eval_episodes: 4}\npromotion: {min_eval_episodes: 5}",
+            "job.max_eval_episodes (4) is below promotion.min_eval_episodes (5)",
+        ),
     ],
 )
 def test_errors_name_file_and_key(tmp_path, text, message):

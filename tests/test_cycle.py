@@ -3,16 +3,19 @@ candidate (``judge``), table-driven."""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
 
 from daemon.config import TrainerConfig, load_config
-from daemon.cycle import BASE, Baseline, baseline_of, judge, plan_job
+from daemon.cycle import BASE, Baseline, baseline_of, judge, pick_eval, plan_job
 from daemon.ledger import EpisodeRow
+from daemon.snapshot import decision_entry
 from daemon.store import Release
 from safety.config import PromotionConfig
 from safety.metrics import EpisodeEvidence, EvalMetrics, PolicyEpisode, PolicyScores
+from trainer_core.spec import JobResult
 
 
 def scores(mse: float, block: float = 0.0) -> PolicyScores:
@@ -193,9 +196,71 @@ def test_plan_job(
     assert plan.spec.run_dir == cfg.runs_dir / "run1"
 
 
+def held_out(hashes: str) -> list[EpisodeRow]:
+    """Eval rows e0, e1, ... newest first, whose content hashes are the letters of ``hashes``."""
+    return [EpisodeRow(f"/e/e{i}", f"e{i}", h, 10, 0.0) for i, h in enumerate(hashes)]
+
+
+# (name, content hashes of the held-out episodes newest first, limit, expected episode ids)
+PICK_CASES = [
+    ("under the limit: all, in order", "fedc", 6, ["e0", "e1", "e2", "e3"]),
+    ("at the limit", "fedc", 4, ["e0", "e1", "e2", "e3"]),
+    ("newest half, then the lowest hashes of the older", "zyxbca", 4, ["e0", "e1", "e5", "e3"]),
+    ("odd limit: the newer half is the larger", "zyxbca", 3, ["e0", "e1", "e5"]),
+    ("limit 1: the newest", "zyxbca", 1, ["e0"]),
+    ("nothing held out", "", 4, []),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("hashes", "limit", "expected"), [c[1:] for c in PICK_CASES], ids=[c[0] for c in PICK_CASES]
+)
+def test_pick_eval(hashes: str, limit: int, expected: list[str]) -> None:
+    assert [r.episode_id for r in pick_eval(held_out(hashes), limit)] == expected
+
+
+def test_pick_eval_changes_little_as_episodes_arrive() -> None:
+    """One new episode changes the capped eval set by at most one episode in and one out, so
+    successive candidates are judged on nearly the same set (a random sample would not be)."""
+    rng = random.Random(4)
+    pool: list[EpisodeRow] = []
+    previous: set[str] = set()
+    for i in range(300):
+        pool.insert(0, EpisodeRow(f"/e/{i}", str(i), f"{rng.getrandbits(64):016x}", 10, 0.0))
+        chosen = {r.episode_id for r in pick_eval(pool, 40)}
+        assert len(chosen) == min(len(pool), 40)
+        if len(pool) > 40:
+            assert len(chosen - previous) <= 1 and str(i) in chosen
+        previous = chosen
+
+
+def test_plan_job_caps_the_eval_set(cfg: TrainerConfig) -> None:
+    cfg = cfg.model_copy(update={"job": cfg.job.model_copy(update={"max_eval_episodes": 8})})
+    plan = plan_job(cfg, "run1", rows("t", 4), rows("v", 30), BASE, cfg.safety, None)
+    assert plan.spec is not None and len(plan.spec.eval_episodes) == 8 == len(plan.eval_hashes)
+    assert "8 eval episodes (of 30 held out; job.max_eval_episodes)" in plan.reason
+    assert plan.held_back == []  # left out by the cap, not held back for having been trained on
+
+
 def test_plan_job_never_evaluates_on_this_jobs_own_train_episode(cfg: TrainerConfig) -> None:
     train_rows = rows("t", 4)
     copy = EpisodeRow("/e/copy", "copy", "ht0", 10, 0.0)  # same bytes as a train episode
     plan = plan_job(cfg, "run1", train_rows, [copy], BASE, cfg.safety, None)
     assert plan.spec is not None and plan.spec.eval_episodes == []
     assert plan.held_back == ["/e/copy"]
+
+
+def test_a_decision_entry_leaves_out_the_per_episode_evidence() -> None:
+    """``status`` shows a decision's metrics without ``metrics.episodes``: the status file is
+    rewritten at every change and must not grow with the held-out set."""
+    small = metrics()
+    big = small.model_copy(update={"episodes": small.episodes * 40})
+    entries = [
+        decision_entry(
+            "run1", "t", "rejected", ["FAIL x"], JobResult(run_id="run1", status="done", metrics=m)
+        )
+        for m in (small, big)
+    ]
+    assert entries[0] == entries[1]
+    assert "episodes" not in entries[0]["metrics"]
+    assert entries[0]["metrics"]["candidate"]["mse"] == 0.5

@@ -208,7 +208,7 @@ def test_status_with_and_without_daemon(tmp_path, base_checkpoint):
             timeout=30,
         )
         snap = json.loads(up.stdout)
-        assert snap["schema"] == "continuon-trainer.status/1"
+        assert snap["schema"] == "continuon-trainer.status/2"
         assert snap["running"] is True and snap["gate"]["open"] is False
         assert any("manual_control" in r for r in snap["gate"]["reasons"])
     finally:

@@ -61,4 +61,4 @@ def test_status_with_nothing_installed_is_a_clear_nonzero_answer(tmp_path, extra
     assert "config: the embedded default" in done.stderr
     as_json = run_cli(*extra, "status", "--json", cwd=tmp_path)
     assert as_json.returncode == 1 and "no daemon and no state at" in as_json.stderr
-    assert '"schema": "continuon-trainer.status/1"' in as_json.stdout
+    assert '"schema": "continuon-trainer.status/2"' in as_json.stdout

@@ -251,6 +251,12 @@ class JobConfig(_Section):
         4, gt=0, description="fewest train episodes the daemon plans a job with"
     )
     max_episodes: int = Field(256, gt=0, description="newest N train episodes are used")
+    max_eval_episodes: int = Field(
+        256,
+        gt=0,
+        description="held-out episodes a candidate is judged on: the newest half and a fixed "
+        "sample of the older ones (bounds the eval time and the daemon's memory)",
+    )
     eval_fraction: float = Field(0.25, gt=0, lt=1, description="share of episodes held out")
     batch_size: int = Field(64, gt=0)
     drop_last: bool = True
