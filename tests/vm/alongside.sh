@@ -9,8 +9,9 @@
 # By default the VM suite runs here only where qemu has hardware acceleration (KVM). Under
 # software emulation (TCG) on a 2-core machine it needs about 18 minutes of both cores beside a
 # pytest suite of about 17: together on clean clones 26-33 minutes, not well under CI's 30; it
-# is then left out with that reason, and `make test-vm` runs it alone. Where it runs, it skips, saying why,
-# if no image can be built here (not root, tools missing); every other failure fails make test.
+# is then left out with that reason, and `make test-vm` runs it alone. Where it runs, it skips,
+# saying why, if no image can be built here (not root, tools missing); every other failure
+# fails make test.
 set -uo pipefail
 (($# >= 2)) || { sed -n '2,14p' "$0"; exit 2; }
 PY=$1
