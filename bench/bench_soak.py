@@ -5,10 +5,11 @@
 The daemon runs under a notify socket the bench binds (systemd's side) with WATCHDOG_USEC set.
 A synthetic robot drops two episodes every few seconds and flips its mode file between idle and
 manual_control at random (a flapping gate: jobs start, get preempted, resume, promote or get
-rejected). Jobs are tiny (``max_steps`` 20). Reported: the daemon's RSS over time and its
-slope (no growth trend), jobs started / preempted / promoted / rejected / failed, and watchdog
-misses (a gap between WATCHDOG=1 pings longer than WATCHDOG_USEC; must be 0). The issue's soak
-is 30 minutes (the default); ``--hours N`` is the long soak; ``--minutes 2`` is a quick look.
+rejected). Jobs are tiny (``max_steps`` 20). Reported: the daemon's RSS over time and its slope
+(judged on the second half), jobs started / preempted / promoted / rejected / failed, and
+watchdog misses (a gap between WATCHDOG=1 pings longer than WATCHDOG_USEC; must be 0). The
+issue's soak is 30 minutes (the default); ``--hours N`` is the long soak; ``--minutes 2`` is a
+quick look.
 Open file descriptors, threads and the state folder's disk use are sampled too, each with its
 least-squares slope per hour (flat means no leak). Last stdout line: figures JSON.
 """
@@ -45,7 +46,10 @@ SOAK_CONFIG = {
 }
 DROP_EVERY_S = 6.0
 SAMPLE_EVERY_S = 5.0
-RSS_SLOPE_TARGET_MB_PER_H = 20.0
+# Judged on the second half: the first fills the eval set up to its cap and SQLite's page cache
+# (bounded at 2 MB), growth that stops. Measured: 1.3 MB/h at 30 minutes, 1.8 at 75 (the commit
+# before the watcher, ledger and heap fixes: 11.1 at 60; before the status fix: about 30).
+RSS_SLOPE_TARGET_MB_PER_H = 3.0
 
 
 def slope_per_hour(samples: list[tuple[float, float]]) -> float:
@@ -239,14 +243,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"jobs {counts}; watchdog pings {len(pings)}, largest gap {max(gaps, default=0):.2f} s")
     figures = [
         figure("soak duration", elapsed / 60, "min", f">= {args.minutes:g}", None),
+        figure("daemon RSS slope", slope, "MB/h", "", None),
         figure(
-            "daemon RSS slope",
-            slope,
+            "daemon RSS slope, second half",
+            slope_late,
             "MB/h",
             f"< {RSS_SLOPE_TARGET_MB_PER_H:g}",
-            abs(slope) < RSS_SLOPE_TARGET_MB_PER_H,
+            abs(slope_late) < RSS_SLOPE_TARGET_MB_PER_H,
         ),
-        figure("daemon RSS slope, second half", slope_late, "MB/h", "", None),
         figure("daemon RSS max", rss_max, "MB", "", None),
         figure("daemon open fds slope", slopes["fds"], "fds/h", "", None),
         figure("daemon threads slope", slopes["threads"], "threads/h", "", None),

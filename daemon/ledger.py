@@ -32,11 +32,51 @@ _EXCLUDED = (
 # out of training and of the "new" count until it changes (a rescan records it afresh).
 UNUSABLE_PREFIX = "features: "
 _UNUSABLE = f"(COALESCE(e.reason, '') LIKE '{UNUSABLE_PREFIX}%')"  # NULL: usable
+# Old jobs' job_episodes rows that no question needs any more are deleted (``record_job_end``,
+# ``Ledger.compact``). A row ``je`` of job ``j`` is a candidate when ``j`` is old: not among the
+# newest ``KEEP_ALL_ROWS_OF_JOBS`` (``last_jobs`` counts their rows), ended, and not a release's job
+# (lineage: ``releases_for``, ``released_hashes``). A candidate goes when ``j`` did not finish, or a
+# newer finished job also trained on the episode: per episode the newest finished job's row stays,
+# so "used by a finished job" keeps its answer.
+KEEP_ALL_ROWS_OF_JOBS = 10
+_FINISHED = f"({','.join('?' * len(FINISHED_JOB_STATUSES))})"
+_OLD_JOB = (
+    "j.release_id IS NULL AND j.finished_at IS NOT NULL AND j.run_id NOT IN (SELECT run_id "
+    f"FROM jobs ORDER BY started_at DESC, run_id DESC LIMIT {KEEP_ALL_ROWS_OF_JOBS})"
+)
+# After job ``?`` ended only two sets of rows can have become redundant: those of the job that
+# just left the newest ones, and older rows of the episodes the ended job trained on. Each
+# candidate is checked against the newer rows of its episode (few: the table is compact).
+# Parameters: the run id, then the finished statuses twice.
+_COMPACT_AFTER_JOB = f"""
+DELETE FROM job_episodes WHERE rowid IN (
+  SELECT je.rowid FROM job_episodes je JOIN jobs j USING (run_id)
+  WHERE (je.run_id = (SELECT run_id FROM jobs ORDER BY started_at DESC, run_id DESC
+                      LIMIT 1 OFFSET {KEEP_ALL_ROWS_OF_JOBS})
+         OR je.content_hash IN (SELECT content_hash FROM job_episodes WHERE run_id = ?))
+    AND {_OLD_JOB}
+    AND (j.status NOT IN {_FINISHED} OR EXISTS (
+      SELECT 1 FROM job_episodes ke JOIN jobs k USING (run_id)
+      WHERE ke.content_hash = je.content_hash AND k.status IN {_FINISHED}
+        AND (k.started_at, k.run_id) > (j.started_at, j.run_id))))
+"""
+# The same rule over the whole table in one sort (a ledger written before compaction can hold
+# a million rows): every candidate but the newest finished row of its episode. Parameters: the
+# finished statuses.
+_COMPACT_ALL = f"""
+DELETE FROM job_episodes WHERE rowid IN (
+  SELECT je.rowid FROM job_episodes je JOIN jobs j USING (run_id)
+  WHERE {_OLD_JOB} AND je.rowid NOT IN (
+    SELECT newest FROM (
+      SELECT je.rowid AS newest, ROW_NUMBER() OVER (
+        PARTITION BY je.content_hash ORDER BY j.started_at DESC, j.run_id DESC) AS n
+      FROM job_episodes je JOIN jobs j USING (run_id) WHERE j.status IN {_FINISHED})
+    WHERE n = 1))
+"""
 # Whether episode ``e`` was trained on by a job that ran to the end (parameters: the statuses).
 _USED_BY_A_FINISHED_JOB = (
     "EXISTS (SELECT 1 FROM job_episodes je JOIN jobs j ON j.run_id = je.run_id "
-    "WHERE je.content_hash = e.content_hash AND j.status IN "
-    f"({','.join('?' * len(FINISHED_JOB_STATUSES))}))"
+    f"WHERE je.content_hash = e.content_hash AND j.status IN {_FINISHED})"
 )
 
 _SCHEMA = """
@@ -68,6 +108,7 @@ CREATE TABLE IF NOT EXISTS job_episodes (
     content_hash TEXT NOT NULL,
     PRIMARY KEY (run_id, content_hash)
 );
+CREATE INDEX IF NOT EXISTS job_episodes_hash ON job_episodes (content_hash);
 CREATE TABLE IF NOT EXISTS exclusions (
     path         TEXT PRIMARY KEY,
     content_hash TEXT,
@@ -500,7 +541,12 @@ class Ledger:
     ) -> None:
         """A job ended. Its episodes stop counting as new when ``status`` is ``done`` or
         ``budget``; a non-None ``release_id`` records that release as trained on them (this is
-        the ledger's "mark trained": there is no separate call)."""
+        the ledger's "mark trained": there is no separate call).
+
+        In the same transaction, older jobs' episode rows that no question needs any more are
+        deleted (``_OLD_JOB`` says which), so the table grows with the episodes and the
+        releases, not with every job. A job writes up to ``job.max_episodes`` rows: kept for
+        good, 10 jobs a day would add over 200 MB a year (``bench/bench_ledger.py``)."""
         with self._db:
             cur = self._db.execute(
                 "UPDATE jobs SET status = ?, decision = ?, release_id = ?, finished_at = ? "
@@ -509,6 +555,17 @@ class Ledger:
             )
             if cur.rowcount == 0:
                 raise LedgerError(f"record_job_end: unknown run_id {run_id!r}")
+            self._compact(_COMPACT_AFTER_JOB, (run_id, *FINISHED_JOB_STATUSES * 2))
+
+    def compact(self) -> int:
+        """Delete every job_episodes row no question needs any more (see ``record_job_end``)
+        and return how many: the daemon does it once at start, so a ledger written before
+        compaction catches up."""
+        with self._db:
+            return self._compact(_COMPACT_ALL, FINISHED_JOB_STATUSES)
+
+    def _compact(self, sql: str, params: tuple[str, ...]) -> int:
+        return self._db.execute(sql, params).rowcount
 
     def record_trained(self, run_id: str, episode_hashes: list[str]) -> None:
         """What the job child actually trained on (its ``result.json`` hashes), in place of the
@@ -531,7 +588,9 @@ class Ledger:
         return {r[0] for r in rows}
 
     def last_jobs(self, limit: int = 10) -> list[JobRow]:
-        """The most recent jobs, newest first."""
+        """The most recent jobs, newest first. ``n_episodes`` is exact for the newest
+        ``KEEP_ALL_ROWS_OF_JOBS`` jobs and for releases; for an older job it counts the rows the
+        ledger kept (the episodes no newer finished job trained on)."""
         rows = self._db.execute(
             """SELECT j.run_id, j.started_at, j.finished_at, j.status, j.decision, j.release_id,
                       (SELECT COUNT(*) FROM job_episodes je WHERE je.run_id = j.run_id)

@@ -24,6 +24,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from daemon import heap
 from daemon.config import ConfigError, TrainerConfig, load_config
 from daemon.cycle import Verdict, baseline_of, judge, plan_job
 from daemon.health import HealthWatch, legacy_baseline_note
@@ -156,6 +157,9 @@ class Service:
             folder.mkdir(parents=True, exist_ok=True)
         self._take_instance_lock()
         self.ledger = Ledger.open(cfg.ledger_path)
+        dropped = self.ledger.compact()  # a ledger from before compaction catches up once
+        if dropped:
+            self.log.info("ledger_compacted", job_episode_rows_dropped=dropped)
         self._accept = bounds_check(cfg)  # features.out_of_bounds: skip, seen by the ledger
         self._safety_notes: list[str] = []  # looser manifest safety values, logged once
         self.store = AdapterStore(
@@ -437,6 +441,7 @@ class Service:
             outcome = self.supervisor.poll()
             if outcome is not None:
                 self.on_job_end(outcome)
+                heap.trim()  # the job's allocations are done with: their pages go back
             else:
                 self.phase = (
                     Phase.EVALUATING if self.supervisor.progress.phase == "eval" else Phase.TRAINING

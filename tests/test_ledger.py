@@ -3,12 +3,13 @@ database refused with a recovery hint."""
 
 from __future__ import annotations
 
+import random
 import sqlite3
 from pathlib import Path
 
 import pytest
 
-from daemon.ledger import SCHEMA_VERSION, Ledger, LedgerError, split_for
+from daemon.ledger import KEEP_ALL_ROWS_OF_JOBS, SCHEMA_VERSION, Ledger, LedgerError, split_for
 
 
 def _valid(ledger: Ledger, path: str, eid: str, digest: str, now: float = 1.0) -> None:
@@ -212,3 +213,73 @@ def test_unusable_episodes_are_not_trainable_nor_new_until_they_change(tmp_path:
         ledger.mark_unusable({"/e/1": "bad"})
         _valid(ledger, "/e/1", "ep1", "h1b", now=2.0)  # the episode changed: recorded afresh
         assert episode_states(ledger.counts())["unusable"] == 0
+
+
+def _answers(ledger: Ledger, hashes: list[str]) -> tuple[object, ...]:
+    """Everything the daemon asks the ledger about jobs and episodes' use."""
+    return (
+        ledger.new_valid_count(),
+        ledger.counts(),
+        ledger.released_hashes(),
+        {h: ledger.releases_for(h) for h in hashes},
+        [r.path for r in ledger.valid_episodes("train")],
+        [r.path for r in ledger.valid_episodes("eval")],
+        ledger.last_jobs(KEEP_ALL_ROWS_OF_JOBS),
+        [(j.run_id, j.status, j.decision, j.release_id) for j in ledger.last_jobs(10_000)],
+        ledger.job_tallies(),
+    )
+
+
+def _job_rows(ledger: Ledger) -> int:
+    return ledger._db.execute("SELECT COUNT(*) FROM job_episodes").fetchone()[0]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_old_job_rows_are_compacted_without_changing_an_answer(
+    tmp_path: Path, seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two ledgers fed the same 150 random jobs (trained on random windows of 60 episodes,
+    every ending, some released, some reporting fewer episodes than planned): the one that
+    compacts gives every answer the one that keeps every row gives, with far fewer rows."""
+    rng = random.Random(seed)
+    ids = [f"ep{i}" for i in range(60)]
+    hashes = [f"h{i}" for i in range(60)]
+    full_ledger = Ledger.open(tmp_path / "full.sqlite3")
+    compact = Ledger.open(tmp_path / "compact.sqlite3")
+    monkeypatch.setattr(full_ledger, "_compact", lambda *_: None)  # keeps every row
+    statuses = ["done", "budget", "preempted", "failed", "invalid"]
+    for i in range(150):
+        run_id, now = f"run{i:03d}", 10.0 * i
+        window = rng.sample(hashes, rng.randint(1, 12))
+        status = rng.choice(statuses)
+        # promotions are rare, as on a robot: most episodes' use is known only from rejected jobs
+        decision = (
+            rng.choice(["rejected"] * 8 + [None, "promoted"])
+            if status in ("done", "budget")
+            else None
+        )
+        release = f"rel-{i}" if decision == "promoted" else None
+        reported = window[: max(1, len(window) - 2)] if rng.random() < 0.5 else None
+        for ledger in (full_ledger, compact):
+            if i < len(ids):
+                _valid(ledger, f"/e/{ids[i]}", ids[i], hashes[i], now=now)
+            ledger.record_job_start(run_id, now + 1, window)
+            if reported is not None:  # the child reports what it actually trained on
+                ledger.record_trained(run_id, reported)
+            ledger.record_job_end(run_id, status, decision, release, now + 2)
+        assert _answers(compact, hashes) == _answers(full_ledger, hashes), f"after job {i}"
+    kept, total = _job_rows(compact), _job_rows(full_ledger)
+    released = compact._db.execute(
+        "SELECT COUNT(*) FROM job_episodes JOIN jobs USING (run_id) WHERE release_id IS NOT NULL"
+    ).fetchone()[0]
+    # per episode one row of a finished job, the releases' rows, the newest jobs' rows
+    assert kept <= len(hashes) + released + KEEP_ALL_ROWS_OF_JOBS * 12
+    assert kept < total / 2, (kept, total)
+    # a ledger written before compaction existed: its first compaction changes no answer either
+    before = _answers(full_ledger, hashes)
+    monkeypatch.undo()
+    assert full_ledger.compact() == total - kept
+    assert _answers(full_ledger, hashes) == before
+    assert _job_rows(full_ledger) == kept
+    full_ledger.close()
+    compact.close()
