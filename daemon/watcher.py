@@ -6,7 +6,7 @@ it up, so a missed event costs latency, never data. ``poll`` mode is for file sy
 inotify (some network or FUSE mounts).
 
 It watches the top level only. A recursive watch holds two inotify watches per directory episode
-(the episode and its ``steps/``) and about 0.6 KB of the daemon's memory for each (measured over
+(the episode and its ``steps/``) and about 0.6 KB of the daemon's memory per episode (measured over
 4,000 episodes): a robot with 100,000 episodes would pass many kernels' ``max_user_watches``, and
 the daemon would grow with the folder (``tests/test_watcher.py`` counts the watches). What the top
 level misses costs only latency: an episode renamed or created in the folder is an event; one still
